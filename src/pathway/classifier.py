@@ -78,7 +78,9 @@ class PathwayClassifier(PathwayModule):
     def scores(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits.float()) if self.hparams.multilabel else logits.float().softmax(-1)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Optional[Tensor]:
+        if batch is None:  # every sample of the batch was unreadable and skipped
+            return None
         x, y = batch[0], batch[1]
         if self.mixup is not None:
             x, y = self.mixup(x, y)
@@ -89,6 +91,8 @@ class PathwayClassifier(PathwayModule):
         return loss
 
     def _eval_step(self, batch: Any, stage: str) -> None:
+        if batch is None:
+            return
         x, y = batch[0], batch[1]
         logits = self(x)
         self.log(f"{stage}/loss", self.loss(logits, y), sync_dist=True, batch_size=x.shape[0])
@@ -142,6 +146,12 @@ class PathwayClassifier(PathwayModule):
         metrics.reset()
         self.log_dict(values, rank_zero_only=True)
         self.log(f"{stage}/num_samples", float(unique.numel()), rank_zero_only=True)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         self._aggregate_views("val")

@@ -27,6 +27,11 @@ class PathwayCLI(LightningCLI):
         parser.add_lightning_class_args(LambdaMonitor, "lambda_monitor")
         parser.add_lightning_class_args(MergedCheckpoint, "merged_export")
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.get("enable_progress_bar") is not False:
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": [RichProgressBar()]}
+
 
 def run_cli(model_class: type, datamodule_class: type, args: Optional[list[str]] = None,
             monitor: str = "val/acc1", run: bool = True) -> LightningCLI:
@@ -37,6 +42,5 @@ def run_cli(model_class: type, datamodule_class: type, args: Optional[list[str]]
         datamodule_class,
         args=args,
         run=run,
-        trainer_defaults={"callbacks": [RichProgressBar()]},
         save_config_kwargs={"overwrite": True},
     )

@@ -54,8 +54,6 @@ class BatchMixup:
 
     @torch.no_grad()
     def __call__(self, x: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        if x.shape[0] % 2 != 0:
-            raise ValueError(f"mixup/cutmix needs an even batch size, got {x.shape[0]} (set drop_last on the loader)")
         target = soft_targets(target, self.num_classes, self.label_smoothing)
         if np.random.rand() >= self.prob:
             return x, target
