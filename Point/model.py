@@ -1,0 +1,171 @@
+"""Point-cloud LightningModules on the shared pathway base: classification and part segmentation.
+
+Both build a ``Point.backbone`` model whose ``blocks`` carry the pathway, so ``aux_ckpts`` really reach the
+computation in either task (the reference code built the pathway for point classification but never used it).
+Point-MAE checkpoints (``base_model``/``MAE_encoder`` prefixes, ``blocks.blocks``, ``cls_head_finetune``) load
+as target or auxiliary models through ``convert_target_state_dict``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pathway.classifier import PathwayClassifier
+from pathway.module import PathwayModule
+from Point.backbone import PointPartSegmenter, PointTransformer, convert_point_mae_state_dict
+from Point.metrics import PartIoU, restrict_to_category
+from Point.parts import SHAPENETPART_CATEGORIES
+
+
+class PointClassifier(PathwayClassifier):
+    """Point-MAE-style transformer (ViT-B width by default) classifying clouds (B, N, 3).
+
+    Args:
+        num_groups / group_size: FPS centres and kNN group size (64/32 for ModelNet40, 128/32 ScanObjectNN).
+        embed_dim / depth / num_heads / mlp_ratio: transformer size (768/12/12/4 = ViT-B).
+        qkv_bias: Point-MAE has none; the pathway works either way.
+        drop_path_rate: stochastic depth; head_dropout: dropout in the MLP head.
+    Remaining arguments go to ``PathwayClassifier``/``PathwayModule`` (point defaults: no label smoothing,
+    no layer decay, 10 warmup epochs, mean class accuracy reported).
+    """
+
+    def __init__(
+        self,
+        num_groups: int = 64,
+        group_size: int = 32,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        drop_path_rate: float = 0.1,
+        head_dropout: float = 0.5,
+        label_smoothing: float = 0.0,
+        macro_acc: bool = True,
+        layer_decay: float = 1.0,
+        warmup_epochs: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            label_smoothing=label_smoothing, macro_acc=macro_acc, layer_decay=layer_decay,
+            warmup_epochs=warmup_epochs, **kwargs,
+        )
+
+    def build_backbone(self) -> nn.Module:
+        hp = self.hparams
+        return PointTransformer(
+            num_classes=hp.num_classes, num_groups=hp.num_groups, group_size=hp.group_size, embed_dim=hp.embed_dim,
+            depth=hp.depth, num_heads=hp.num_heads, mlp_ratio=hp.mlp_ratio, qkv_bias=hp.qkv_bias,
+            drop_path_rate=hp.drop_path_rate, head_dropout=hp.head_dropout,
+        )
+
+    def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        return convert_point_mae_state_dict(state_dict)
+
+
+class PointSegmenter(PathwayModule):
+    """ShapeNetPart part segmentation; ``num_classes`` is the number of parts (50, linked from the data).
+
+    Batches are ``(points (B, N, 3), category (B,), parts (B, N))``.  Logged: ``<stage>/loss``,
+    ``<stage>/cls_miou`` and ``<stage>/ins_miou`` (see ``Point.metrics``).
+
+    Args:
+        feature_levels: blocks whose normed outputs feed the head (Point-MAE: 3, 7, 11 of 12).
+        propagation_dims / head_dims: widths of the per-point MLPs after propagation and of the classifier.
+        part_counts: parts per category in label order; the ShapeNetPart table by default.
+    Other backbone arguments as in ``PointClassifier`` (128 groups of 32 points by default).
+    """
+
+    def __init__(
+        self,
+        num_groups: int = 128,
+        group_size: int = 32,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        drop_path_rate: float = 0.1,
+        head_dropout: float = 0.5,
+        feature_levels: Sequence[int] = (3, 7, 11),
+        propagation_dims: Sequence[int] = (3072, 1024),
+        head_dims: Sequence[int] = (512, 256),
+        part_counts: Optional[Sequence[int]] = None,
+        label_smoothing: float = 0.0,
+        layer_decay: float = 1.0,
+        warmup_epochs: float = 10.0,
+        num_classes: int = 50,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(num_classes=num_classes, layer_decay=layer_decay, warmup_epochs=warmup_epochs, **kwargs)
+        counts = list(part_counts) if part_counts is not None else [c for _, c in SHAPENETPART_CATEGORIES.values()]
+        if sum(counts) != num_classes:
+            raise ValueError(f"part_counts {counts} sum to {sum(counts)}, but num_classes (parts) is {num_classes}")
+        self.val_iou = PartIoU(counts)
+        self.test_iou = PartIoU(counts)
+
+    def build_backbone(self) -> nn.Module:
+        hp = self.hparams
+        counts = hp.part_counts if hp.part_counts is not None else [c for _, c in SHAPENETPART_CATEGORIES.values()]
+        return PointPartSegmenter(
+            num_parts=hp.num_classes, num_categories=len(counts), feature_levels=hp.feature_levels,
+            propagation_dims=hp.propagation_dims, head_dims=hp.head_dims, head_dropout=hp.head_dropout,
+            num_groups=hp.num_groups, group_size=hp.group_size, embed_dim=hp.embed_dim, depth=hp.depth,
+            num_heads=hp.num_heads, mlp_ratio=hp.mlp_ratio, qkv_bias=hp.qkv_bias, drop_path_rate=hp.drop_path_rate,
+        )
+
+    def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        return convert_point_mae_state_dict(state_dict)
+
+    def is_head_key(self, key: str) -> bool:
+        return key.startswith(("seg_head.", "category_embed.", "propagation."))
+
+    def forward(self, points: Tensor, category: Tensor) -> Tensor:  # type: ignore[override]
+        return self.backbone(points, category)
+
+    def loss(self, logits: Tensor, parts: Tensor, smoothing: float = 0.0) -> Tensor:
+        return F.cross_entropy(logits.float().flatten(0, 1), parts.flatten(), label_smoothing=smoothing)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Optional[Tensor]:
+        if batch is None:  # every sample of the batch was unreadable and skipped
+            return None
+        points, category, parts = batch
+        loss = self.loss(self(points, category), parts, self.hparams.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, batch_size=points.shape[0])
+        return loss
+
+    def _eval_step(self, batch: Any, stage: str) -> None:
+        if batch is None:
+            return
+        points, category, parts = batch
+        logits = self(points, category)
+        self.log(f"{stage}/loss", self.loss(logits, parts), sync_dist=True, batch_size=points.shape[0])
+        (self.val_iou if stage == "val" else self.test_iou).update(logits, category, parts)
+
+    def _log_iou(self, stage: str) -> None:
+        metric = self.val_iou if stage == "val" else self.test_iou
+        values = metric.compute()
+        metric.reset()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()})
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_iou("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_iou("test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """Part id per point (B, N), chosen among the parts of each cloud's category."""
+        points, category = batch[0], batch[1]
+        return restrict_to_category(self(points, category), category, self.val_iou.part_mask)

@@ -1,0 +1,204 @@
+"""Readers for the point-cloud file formats the Point modality accepts.
+
+Every reader returns plain float32 numpy arrays and raises ``PointDataError`` naming the file (and the
+entry inside it) when the content is unusable, so a bad file in a 12k-file dataset is found at once.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+
+PathLike = Union[str, Path]
+
+POINT_FILE_SUFFIXES: tuple[str, ...] = (".npy", ".txt", ".ply")
+
+_PLY_TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
+    "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}
+
+
+class PointDataError(ValueError):
+    """A point-cloud file or entry that cannot be used; the message names it."""
+
+
+def check_cloud(points: np.ndarray, source: str) -> np.ndarray:
+    """Return ``points`` as float32 (N, C>=3) or raise naming ``source``: empty, wrong shape, NaN/inf."""
+    points = np.asarray(points)
+    if points.size == 0:
+        raise PointDataError(f"{source}: empty point cloud")
+    if points.ndim != 2 or points.shape[1] < 3:
+        raise PointDataError(f"{source}: expected an (N, >=3) array of points, got shape {points.shape}")
+    points = points.astype(np.float32, copy=False)
+    bad = ~np.isfinite(points[:, :3])
+    if bad.any():
+        row = int(np.argwhere(bad)[0, 0])
+        count = int(bad.any(1).sum())
+        raise PointDataError(f"{source}: {count} point(s) with NaN/inf coordinates (first at row {row})")
+    return points
+
+
+def _read_text(path: Path) -> np.ndarray:
+    """Whitespace- or comma-separated numbers, one point per row (ModelNet txt, ShapeNetPart, plain xyz)."""
+    text = path.read_text()
+    if not text.strip():
+        raise PointDataError(f"{path}: empty file")
+    rows = [line.replace(",", " ").split() for line in text.splitlines() if line.strip()]
+    try:
+        return np.array(rows, dtype=np.float32)
+    except ValueError as err:
+        raise PointDataError(f"{path}: not a table of numbers with the same count per row ({err})") from err
+
+
+def _read_ply(path: Path) -> np.ndarray:
+    """The x, y, z (and nx, ny, nz when present) vertex properties of an ASCII or binary PLY file."""
+    with path.open("rb") as fh:
+        if fh.readline().strip() != b"ply":
+            raise PointDataError(f"{path}: not a PLY file (no 'ply' magic line)")
+        fmt, elements, current = None, [], None
+        while True:
+            raw = fh.readline()
+            if not raw:
+                raise PointDataError(f"{path}: PLY header has no 'end_header'")
+            words = raw.decode("ascii", errors="replace").split()
+            if not words or words[0] in ("comment", "obj_info"):
+                continue
+            if words[0] == "end_header":
+                break
+            if words[0] == "format":
+                fmt = words[1]
+            elif words[0] == "element":
+                current = {"name": words[1], "count": int(words[2]), "props": []}
+                elements.append(current)
+            elif words[0] == "property":
+                if current is None:
+                    raise PointDataError(f"{path}: PLY property before any element")
+                if words[1] == "list":
+                    current["props"].append(("list", None))
+                elif words[1] in _PLY_TYPES:
+                    current["props"].append((words[2], _PLY_TYPES[words[1]]))
+                else:
+                    raise PointDataError(f"{path}: unknown PLY property type '{words[1]}'")
+        if not elements or elements[0]["name"] != "vertex":
+            raise PointDataError(f"{path}: the first PLY element must be 'vertex'")
+        vertex = elements[0]
+        names = [n for n, _ in vertex["props"]]
+        if "list" in names:
+            raise PointDataError(f"{path}: list properties on PLY vertices are not supported")
+        if not {"x", "y", "z"} <= set(names):
+            raise PointDataError(f"{path}: PLY vertices lack x/y/z properties (have {names})")
+        count = vertex["count"]
+        if fmt == "ascii":
+            lines = [fh.readline() for _ in range(count)]
+            try:
+                table = np.array([line.split() for line in lines], dtype=np.float64)
+            except ValueError as err:
+                raise PointDataError(f"{path}: malformed ASCII PLY vertex rows ({err})") from err
+            if table.shape != (count, len(names)):
+                raise PointDataError(f"{path}: expected {count} vertex rows of {len(names)} values, got {table.shape}")
+            columns = {n: table[:, i] for i, n in enumerate(names)}
+        elif fmt in ("binary_little_endian", "binary_big_endian"):
+            order = "<" if fmt == "binary_little_endian" else ">"
+            dtype = np.dtype([(n, order + t) for n, t in vertex["props"]])
+            data = np.frombuffer(fh.read(dtype.itemsize * count), dtype=dtype)
+            if data.shape[0] != count:
+                raise PointDataError(f"{path}: truncated binary PLY ({data.shape[0]} of {count} vertices)")
+            columns = {n: data[n].astype(np.float64) for n in names}
+        else:
+            raise PointDataError(f"{path}: unknown PLY format '{fmt}'")
+    keys = ["x", "y", "z"] + (["nx", "ny", "nz"] if {"nx", "ny", "nz"} <= set(names) else [])
+    if count == 0:
+        raise PointDataError(f"{path}: PLY file has no vertices")
+    return np.stack([columns[k] for k in keys], axis=1).astype(np.float32)
+
+
+def read_point_file(path: PathLike) -> np.ndarray:
+    """One cloud from a ``.npy``, ``.txt`` (ModelNet/xyz rows) or ``.ply`` file as float32 (N, C>=3)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PointDataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise PointDataError(f"{path}: empty file")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            points = np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise PointDataError(f"{path}: not a plain numpy array ({err})") from err
+    elif suffix == ".txt":
+        points = _read_text(path)
+    elif suffix == ".ply":
+        points = _read_ply(path)
+    else:
+        raise PointDataError(f"{path}: unsupported point file type (expected one of {POINT_FILE_SUFFIXES})")
+    return check_cloud(points, str(path))
+
+
+def load_modelnet_dat(path: PathLike) -> tuple[list[np.ndarray], np.ndarray]:
+    """Clouds (unchecked, see ``Point.datasets.select_valid``) and labels of a Point-MAE ModelNet40 ``.dat`` file.
+
+    These files are Python pickles of ``[list of (8192, 6|3) arrays, list of labels]``.  Unpickling runs
+    whatever code the file names, so only load files you produced yourself or got from a source you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PointDataError(f"{path}: ModelNet40 .dat file not found")
+    with path.open("rb") as fh:
+        try:
+            content = pickle.load(fh)
+        except (pickle.UnpicklingError, EOFError) as err:
+            raise PointDataError(f"{path}: not a readable pickle ({err})") from err
+    if not isinstance(content, (list, tuple)) or len(content) != 2:
+        raise PointDataError(
+            f"{path}: expected a pickled [list_of_points, list_of_labels], got {type(content).__name__}"
+        )
+    clouds, labels = content
+    if len(clouds) != len(labels):
+        raise PointDataError(f"{path}: {len(clouds)} clouds but {len(labels)} labels")
+    labels = np.asarray(labels).reshape(len(clouds)).astype(np.int64)
+    return [np.asarray(c, dtype=np.float32) for c in clouds], labels
+
+
+def load_scanobjectnn_h5(path: PathLike) -> tuple[list[np.ndarray], np.ndarray]:
+    """Clouds (2048 x 3 each, unchecked) and labels of a ScanObjectNN ``.h5`` file (datasets ``data``, ``label``)."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise PointDataError(f"{path}: ScanObjectNN h5 file not found")
+    with h5py.File(path, "r") as fh:
+        for key in ("data", "label"):
+            if key not in fh:
+                raise PointDataError(f"{path}: no '{key}' dataset (has {sorted(fh.keys())})")
+        data = np.asarray(fh["data"], dtype=np.float32)
+        labels = np.asarray(fh["label"]).reshape(-1).astype(np.int64)
+    if data.ndim != 3 or data.shape[0] != labels.shape[0]:
+        raise PointDataError(f"{path}: 'data' {data.shape} does not match 'label' {labels.shape}")
+    return list(data), labels
+
+
+def read_lines(path: PathLike) -> list[str]:
+    """Non-empty stripped lines of a list file (shape names, split lists); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise PointDataError(f"{path}: list file not found")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_json_list(path: PathLike) -> list[str]:
+    """A JSON list of strings (ShapeNetPart split files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PointDataError(f"{path}: split file not found")
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise PointDataError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise PointDataError(f"{path}: expected a JSON list of 'shape_data/<synset>/<id>' strings")
+    return entries

@@ -1,0 +1,77 @@
+"""Two-step fits of point classification and part segmentation with a pathway from a tiny image ViT, vote
+testing, and the shipped configs parsing through the CLI."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from pathway.cli import run_cli
+from pathway.surgery import pathway_layers
+from Point.datamodule import PointDataModule, ShapeNetPartDataModule
+from Point.model import PointClassifier, PointSegmenter
+from Point.synthetic import make_shape_dataset, make_shapenetpart_dataset
+
+# Width 32 / depth 2 / 2 heads: the size of the conftest's tiny timm ViT, which is the (image) aux model.
+TINY = dict(num_groups=8, group_size=8, embed_dim=32, depth=2, num_heads=2)
+SEG = dict(feature_levels=(0, 1), propagation_dims=(32, 16), head_dims=(16, 16))
+CONFIGS = Path(__file__).resolve().parent.parent / "Point" / "configs"
+
+
+def _trainer() -> L.Trainer:
+    return L.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                     enable_progress_bar=False, enable_model_summary=False, limit_val_batches=1)
+
+
+def _check_pathway_trained(model: L.LightningModule, aux_ckpt: Path) -> None:
+    aux = torch.load(aux_ckpt)
+    layers = dict(pathway_layers(model.backbone))
+    assert len(layers) == 8
+    assert any(layer.lambdas.abs().max() > 0 for layer in layers.values()), "λ did not move: pathway not trained"
+    torch.testing.assert_close(layers["blocks.1.mlp.fc1"].aux_weight_0, aux["blocks.1.mlp.fc1.weight"])
+
+
+def test_classification_fit_and_vote_test(tmp_path: Path, aux_ckpt: Path) -> None:
+    root = make_shape_dataset(tmp_path / "shapes", classes=3, per_class=4, points=96, seed=0)
+    dm = PointDataModule(root=str(root), format="folder", num_points=64, batch_size=4, num_workers=0,
+                         pin_memory=False, vote_num=2)
+    model = PointClassifier(num_classes=dm.num_classes, aux_ckpts=[str(aux_ckpt)], lr=1e-2, **TINY)
+    trainer = _trainer()
+    trainer.fit(model, dm)
+    assert trainer.global_step == 2
+    _check_pathway_trained(model, aux_ckpt)
+    result = trainer.test(model, dm, verbose=False)[0]
+    assert result["test/num_samples"] == 12  # 24 views averaged into 12 clouds
+    assert 0.0 <= result["test/acc1"] <= 1.0 and 0.0 <= result["test/macc"] <= 1.0
+
+
+def test_segmentation_fit_and_validate(tmp_path: Path, aux_ckpt: Path) -> None:
+    root = make_shapenetpart_dataset(tmp_path / "parts", per_category=1, points=80, categories=["Airplane", "Mug"])
+    dm = ShapeNetPartDataModule(root=str(root), num_points=64, batch_size=2, num_workers=0, pin_memory=False)
+    model = PointSegmenter(num_classes=dm.num_classes, aux_ckpts=[str(aux_ckpt)], lr=1e-2, **TINY, **SEG)
+    trainer = _trainer()
+    trainer.fit(model, dm)
+    assert trainer.global_step == 2
+    _check_pathway_trained(model, aux_ckpt)
+    result = trainer.validate(model, dm, verbose=False)[0]
+    assert 0.0 < result["val/ins_miou"] <= 1.0 and 0.0 < result["val/cls_miou"] <= 1.0
+
+
+@pytest.mark.parametrize("config, seg", [
+    ("modelnet40_pathway", False), ("modelnet40_baseline", False), ("scanobjectnn_hardest_pathway", False),
+    ("scanobjectnn_hardest_baseline", False), ("shapenetpart_pathway", True), ("shapenetpart_baseline", True),
+])
+def test_paper_configs_parse(
+    config: str, seg: bool, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["python -m Point"])
+    classes = (PointSegmenter, ShapeNetPartDataModule) if seg else (PointClassifier, PointDataModule)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(*classes, args=["fit", "--config", str(CONFIGS / f"{config}.yaml"), "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "embed_dim: 768" in printed and "depth: 12" in printed and "max_epochs: 300" in printed
+    assert ("aux_ckpts: []" in printed) == config.endswith("baseline")

@@ -1,0 +1,106 @@
+"""Point.ops: FPS and kNN against brute-force references, tie-breaking, the backend switch and its log."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from Point import ops
+
+
+def _cloud(batch: int = 3, n: int = 64, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, n, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def _fps_brute_force(points: torch.Tensor, k: int, start: int = 0) -> list[int]:
+    """O(K^2 N) FPS in float64: each step scans every point's distance to every selected point."""
+    p = points.double()
+    selected = [start]
+    while len(selected) < k:
+        d = ((p[:, None, :] - p[None, selected, :]) ** 2).sum(-1).min(dim=1).values
+        selected.append(int(torch.argmax(d)))
+    return selected
+
+
+def test_fps_matches_brute_force_and_starts_at_zero() -> None:
+    points = _cloud()
+    sampled, idx = ops.farthest_point_sample_torch(points, 16)
+    assert idx.shape == (3, 16) and idx.dtype == torch.long
+    for b in range(3):
+        assert idx[b].tolist() == _fps_brute_force(points[b], 16)
+    torch.testing.assert_close(sampled, points[torch.arange(3)[:, None], idx])
+
+
+def test_fps_random_start_follows_the_drawn_start() -> None:
+    points = _cloud(batch=4)
+    _, idx = ops.farthest_point_sample_torch(points, 8, random_start=True, generator=torch.Generator().manual_seed(3))
+    starts = torch.randint(64, (4,), generator=torch.Generator().manual_seed(3))
+    assert idx[:, 0].tolist() == starts.tolist()
+    assert idx[:, 0].ne(0).any()
+    for b in range(4):
+        assert idx[b].tolist() == _fps_brute_force(points[b], 8, start=int(starts[b]))
+
+
+def test_fps_ties_pick_the_first_index() -> None:
+    points = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [-1, 0, 0], [0, 0, 0]]])
+    _, idx = ops.farthest_point_sample_torch(points, 3)
+    assert idx[0].tolist() == [0, 1, 2]
+    same = torch.zeros(1, 5, 3)
+    assert ops.farthest_point_sample_torch(same, 3)[1][0].tolist() == [0, 0, 0]
+
+
+def test_fps_rejects_too_many_samples() -> None:
+    with pytest.raises(ValueError, match="cannot sample 9 of 8"):
+        ops.farthest_point_sample(torch.zeros(1, 8, 3), 9)
+
+
+def test_knn_matches_brute_force_sorted_distances() -> None:
+    points, queries = _cloud(2, 50, seed=1), _cloud(2, 7, seed=2)
+    dists, idx = ops.knn_torch(queries, points, 5)
+    full = ((queries.double()[:, :, None] - points.double()[:, None]) ** 2).sum(-1)
+    ref_d, ref_i = full.sort(dim=-1)
+    assert torch.equal(idx, ref_i[..., :5])
+    torch.testing.assert_close(dists.double(), ref_d[..., :5], atol=1e-5, rtol=1e-5)
+    assert (dists[..., 1:] >= dists[..., :-1]).all()
+
+
+def test_knn_chunking_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    points, queries = _cloud(2, 40, seed=4), _cloud(2, 9, seed=5)
+    whole = ops.knn_torch(queries, points, 4)
+    monkeypatch.setattr(ops, "_KNN_CHUNK_ELEMENTS", 2 * 40 * 3 * 2)  # two queries per chunk
+    chunked = ops.knn_torch(queries, points, 4)
+    assert torch.equal(whole[1], chunked[1]) and torch.equal(whole[0], chunked[0])
+
+
+def test_gather_points_indexes_per_batch() -> None:
+    values = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    out = ops.gather_points(values, torch.tensor([[[3, 0]], [[1, 1]]]))
+    assert out.squeeze(-1).tolist() == [[[3.0, 0.0]], [[5.0, 5.0]]]
+
+
+def test_dispatch_uses_the_reported_backend() -> None:
+    """With pytorch3d importable the dispatcher must agree with it; without, it must be the torch path."""
+    points, queries = _cloud(2, 40, seed=6), _cloud(2, 6, seed=7)
+    fps_idx = ops.farthest_point_sample(points, 10)[1]
+    knn_idx = ops.knn(queries, points, 4)[1]
+    try:
+        import pytorch3d.ops as p3d
+    except ImportError:
+        assert ops.BACKEND == "torch"
+        assert torch.equal(fps_idx, ops.farthest_point_sample_torch(points, 10)[1])
+        assert torch.equal(knn_idx, ops.knn_torch(queries, points, 4)[1])
+        return
+    assert ops.BACKEND == "pytorch3d"
+    assert torch.equal(fps_idx, p3d.sample_farthest_points(points, K=10)[1].long())
+    assert torch.equal(fps_idx, ops.farthest_point_sample_torch(points, 10)[1])
+    assert torch.equal(knn_idx, ops.knn_torch(queries, points, 4)[1])
+
+
+def test_backend_is_logged_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(ops, "_backend_logged", False)
+    with caplog.at_level(logging.INFO, logger="Point.ops"):
+        ops.farthest_point_sample(_cloud(1, 8), 2)
+        ops.knn(_cloud(1, 2), _cloud(1, 8), 2)
+    messages = [r.getMessage() for r in caplog.records if r.name == "Point.ops"]
+    assert messages == [f"Point.ops: FPS and kNN run on the {ops.BACKEND} backend"]
