@@ -1,0 +1,6 @@
+"""``python -m Audio fit|validate|test|predict --config Audio/configs/<name>.yaml``."""
+from Audio.datamodule import AudioDataModule
+from Audio.model import AudioClassifier
+from pathway.cli import run_cli
+
+run_cli(AudioClassifier, AudioDataModule)
