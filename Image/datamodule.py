@@ -29,6 +29,7 @@ class ImageDataModule(L.LightningDataModule):
 
     Args:
         num_classes: checked against the class folders when given; otherwise taken from them.
+        scale / hflip: random-resized-crop area range and horizontal-flip probability (training).
         auto_augment: timm RandAugment spec for training (paper: ``rand-m9-mstd0.5-inc1``).
         re_prob: random-erasing probability (training).
         crop_pct: eval centre-crop fraction.
@@ -46,6 +47,8 @@ class ImageDataModule(L.LightningDataModule):
         batch_size: int = 64,
         num_workers: int = 8,
         pin_memory: bool = True,
+        scale: tuple[float, float] = (0.08, 1.0),
+        hflip: float = 0.5,
         auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1",
         re_prob: float = 0.25,
         interpolation: str = "bicubic",
@@ -74,7 +77,8 @@ class ImageDataModule(L.LightningDataModule):
                 f"{sorted(set(classes) ^ set(self.classes))[:10]}"
             )
         transform = create_transform(
-            hp.img_size, is_training=training, auto_augment=hp.auto_augment if training else None,
+            hp.img_size, is_training=training, scale=tuple(hp.scale), hflip=hp.hflip,
+            auto_augment=hp.auto_augment if training else None,
             re_prob=hp.re_prob if training else 0.0, interpolation=hp.interpolation, crop_pct=hp.crop_pct,
             mean=hp.mean, std=hp.std,
         )

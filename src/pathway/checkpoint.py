@@ -86,8 +86,8 @@ def load_state_dict(path: PathLike, trust_pickle: bool = False) -> dict[str, Ten
             f"{path}: holds pickled Python objects (e.g. a whole nn.Module), which only load with "
             f"trust_pickle=True (runs pickle: only for files you trust). Detail: {str(err).splitlines()[0]}"
         ) from err
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from err
+    except Exception as err:  # a corrupt/foreign file fails anywhere inside the unpickler (IndexError, KeyError ...)
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
     state = _unwrap(obj, path)
     if isinstance(obj, Mapping) and "pytorch-lightning_version" in obj:
         # A LightningModule checkpoint also holds metrics/EMA state: the model is what lives under `backbone.`.

@@ -8,11 +8,80 @@ model is a plain ``nn.Linear`` with no extra inference cost.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+
+def _aux_delta(lambdas: Tensor, aux_weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """Σ λ_i W_aux_i; the λ·W_aux products are formed in ``dtype`` so autograd reaches λ."""
+    delta = lambdas[0].to(dtype) * aux_weights[0].to(dtype)
+    for i in range(1, len(aux_weights)):
+        delta = delta + lambdas[i].to(dtype) * aux_weights[i].to(dtype)
+    return delta
+
+
+def _summed_weight(weight: Tensor, lambdas: Tensor, aux_weights: Sequence[Tensor]) -> Tensor:
+    """``W + Σ λ_i W_aux_i`` in ``weight``'s dtype; one weight-sized temporary however many aux there are."""
+    return _aux_delta(lambdas, aux_weights, weight.dtype).add_(weight)
+
+
+class _PathwayLinearFunction(torch.autograd.Function):
+    """``x (W + Σ λ_i W_aux_i)ᵀ + b`` that keeps no summed weight alive between forward and backward.
+
+    Plain autograd on ``F.linear(x, W + Σ λ W_aux)`` saves the summed weight of every layer for the backward
+    pass: one extra weight-sized tensor per layer for the whole step (+100% of the aux weights in peak memory).
+    Here backward recomputes the sum instead (one elementwise pass per aux, cheap next to the matmuls) and
+    computes ``∂L/∂λ_i = <∂L/∂W_eff, W_aux_i>`` as a dot product.  The matmuls run in ``compute_dtype`` (the
+    autocast dtype under autocast), weight gradients come back in the parameters' own dtypes, as with autocast.
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, x: Tensor, weight: Tensor, bias: Optional[Tensor], lambdas: Tensor,
+                compute_dtype: torch.dtype, *aux_weights: Tensor) -> Tensor:
+        input_dtype = x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.to(compute_dtype)
+            summed = _summed_weight(weight, lambdas, aux_weights).to(compute_dtype)
+            out = F.linear(x, summed, bias.to(compute_dtype) if bias is not None else None)
+        ctx.save_for_backward(x, weight, lambdas, *aux_weights)
+        ctx.input_dtype = input_dtype
+        ctx.compute_dtype = compute_dtype
+        ctx.has_bias = bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
+        x, weight, lambdas, *aux_weights = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_x = grad_weight = grad_bias = grad_lambdas = None
+        grad_aux: list[Optional[Tensor]] = [None] * len(aux_weights)
+        with torch.autocast(grad_out.device.type, enabled=False):
+            grad_out = grad_out.to(ctx.compute_dtype)
+            if needs[0]:
+                summed = _summed_weight(weight, lambdas, aux_weights).to(ctx.compute_dtype)
+                grad_x = grad_out.matmul(summed).to(ctx.input_dtype)
+                del summed
+            grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
+            if ctx.has_bias and needs[2]:
+                grad_bias = grad_2d.sum(0).to(ctx.bias_dtype)
+            if needs[1] or needs[3] or any(needs[5:]):
+                grad_summed = grad_2d.t().mm(x.reshape(-1, x.shape[-1])).to(weight.dtype)
+                if needs[1]:
+                    grad_weight = grad_summed
+                if needs[3]:
+                    flat = grad_summed.float().reshape(-1)
+                    grad_lambdas = torch.stack([torch.dot(flat, aux.float().reshape(-1)) for aux in aux_weights])
+                    grad_lambdas = grad_lambdas.to(lambdas.dtype)
+                for i, aux in enumerate(aux_weights):
+                    if needs[5 + i]:
+                        grad_aux[i] = (lambdas[i].to(weight.dtype) * grad_summed).to(aux.dtype)
+        return (grad_x, grad_weight, grad_bias, grad_lambdas, None, *grad_aux)
 
 
 class PathwayLinear(nn.Module):
@@ -69,32 +138,28 @@ class PathwayLinear(nn.Module):
     def aux_weights(self) -> list[Tensor]:
         return [getattr(self, f"aux_weight_{i}") for i in range(self.num_aux)]
 
-    def _aux_delta(self, lambdas: Tensor, dtype: torch.dtype) -> Tensor:
-        """Σ λ_i W_aux_i; the λ·W_aux products are formed in ``dtype`` so autograd reaches λ."""
-        delta = lambdas[0].to(dtype) * self.aux_weight_0.to(dtype)
-        for i in range(1, self.num_aux):
-            delta = delta + lambdas[i].to(dtype) * getattr(self, f"aux_weight_{i}").to(dtype)
-        return delta
+    def _live_lambdas(self) -> Tensor:
+        """The λ not yet folded into ``weight`` (all of them unless merged)."""
+        return self.lambdas - self.merged_lambdas if self._is_merged else self.lambdas
 
     def effective_weight(self) -> Tensor:
         """The weight the layer computes with right now (differentiable in W, λ and trainable aux)."""
-        if self._is_merged:
-            return self.weight + self._aux_delta(self.lambdas - self.merged_lambdas, self.weight.dtype)
-        return self.weight + self._aux_delta(self.lambdas, self.weight.dtype)
+        return _summed_weight(self.weight, self._live_lambdas(), self.aux_weights())
 
     def forward(self, x: Tensor) -> Tensor:
-        weight = self.effective_weight()
-        bias = self.bias
-        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
-            weight = weight.to(x.dtype)
-            bias = bias.to(x.dtype) if bias is not None else None
-        return F.linear(x, weight, bias)
+        if torch.is_autocast_enabled(x.device.type):
+            compute_dtype = torch.get_autocast_dtype(x.device.type)
+        else:
+            compute_dtype = x.dtype
+        return _PathwayLinearFunction.apply(
+            x, self.weight, self.bias, self._live_lambdas(), compute_dtype, *self.aux_weights()
+        )
 
     @torch.no_grad()
     def _folded_weight(self) -> Tensor:
         """``W + Σ λ W_aux`` accumulated in fp32 (bf16/fp16 sums lose the small λ·W_aux term) and checked."""
         lambdas = self.lambdas.float() - (self.merged_lambdas if self._is_merged else 0.0)
-        w = self.weight.float() + self._aux_delta(lambdas, torch.float32)
+        w = self.weight.float() + _aux_delta(lambdas, self.aux_weights(), torch.float32)
         if not torch.isfinite(w).all():
             raise FloatingPointError(
                 "folding λ·W_aux into the weight gives non-finite values "
@@ -118,7 +183,7 @@ class PathwayLinear(nn.Module):
         """Undo ``merge_`` (subtracting what was folded in, in fp32); a no-op when not merged."""
         if not self._is_merged:
             return self
-        w = self.weight.float() - self._aux_delta(self.merged_lambdas, torch.float32)
+        w = self.weight.float() - _aux_delta(self.merged_lambdas, self.aux_weights(), torch.float32)
         self.weight.copy_(w.to(self.weight.dtype))
         self.merged.fill_(False)
         self._is_merged = False

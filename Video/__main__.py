@@ -1,0 +1,6 @@
+"""``python -m Video fit|validate|test|predict --config Video/configs/<name>.yaml``."""
+from pathway.cli import run_cli
+from Video.datamodule import VideoDataModule
+from Video.model import VideoClassifier
+
+run_cli(VideoClassifier, VideoDataModule)

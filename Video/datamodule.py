@@ -1,0 +1,157 @@
+"""Kinetics-style video data for LightningCLI: list files or class folders, clip sampling, multi-view test."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Literal, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pathway.data import SkippingDataset, collate_skipping_none
+from Video.dataset import (
+    BadFilePolicy, VideoClipDataset, VideoRecord, class_folders, read_list_file, scan_class_folders,
+)
+from Video.decoding import Backend, resolve_backend
+from Video.transforms import TrainClipTransform
+
+log = logging.getLogger(__name__)
+
+
+def seed_numpy_worker(worker_id: int) -> None:
+    """Give each DataLoader worker its own NumPy seed: timm's RandAugment draws ops from NumPy, which PyTorch
+    does not reseed per worker, so without this every worker would augment identically."""
+    np.random.seed(torch.initial_seed() % 2**32)
+    random.seed(torch.initial_seed())
+
+
+class VideoDataModule(L.LightningDataModule):
+    """Video clips for fit/validate/test/predict.
+
+    Layouts (``format``):
+      * ``list``: ``<list_dir or root>/<split>.csv`` with ``<path> <label>`` lines (space or comma separated),
+        paths relative to ``root`` (the VideoMAE Kinetics lists);
+      * ``folder``: ``<root>/<split>/<class>/<video>``, labels from the sorted class folders of the train split.
+
+    Args:
+        num_classes: number of classes; when unset, the largest label of the train list + 1 (or the number of
+            class folders).  Linked to ``model.num_classes`` by the CLI.
+        num_frames / sampling_rate: clip length and frame stride (16 and 4 for Kinetics-400).
+        img_size: crop size; ``train_short_side`` the shorter side frames are decoded at for training (default
+            ``img_size · 256/224``); evaluation decodes at ``img_size`` and crops ``img_size`` squares.
+        test_num_clips / test_num_crops: views per video in ``test`` (the paper: 5 × 3); scores are averaged
+            per video by the classifier.
+        auto_augment / scale / ratio / hflip / reprob: training augmentation (timm RandAugment string,
+            random-resized-crop scale and aspect range, flip and random-erasing probabilities).
+        on_bad_file: ``skip`` (log the path, count, continue) or ``error`` for unreadable videos.
+        decoder: ``auto`` (torchcodec when usable, else PyAV), ``pyav`` or ``torchcodec``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        format: Literal["list", "folder"] = "list",
+        num_classes: Optional[int] = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        test_split: str = "test",
+        list_dir: Optional[str] = None,
+        batch_size: int = 8,
+        eval_batch_size: Optional[int] = None,
+        num_workers: int = 8,
+        pin_memory: bool = True,
+        num_frames: int = 16,
+        sampling_rate: int = 4,
+        img_size: int = 224,
+        train_short_side: Optional[int] = None,
+        test_num_clips: int = 5,
+        test_num_crops: int = 3,
+        auto_augment: Optional[str] = "rand-m7-n4-mstd0.5-inc1",
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (0.75, 1.3333333),
+        hflip: float = 0.5,
+        reprob: float = 0.25,
+        mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
+        std: tuple[float, float, float] = (0.229, 0.224, 0.225),
+        on_bad_file: BadFilePolicy = "skip",
+        decoder: Backend = "auto",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore="num_classes")  # the model's num_classes is linked from the resolved value
+        if format not in ("list", "folder"):
+            raise ValueError(f"data.format must be 'list' or 'folder', got {format!r}")
+        self.root = Path(root)
+        self.list_dir = Path(list_dir) if list_dir else self.root
+        self.batch_size = batch_size
+        self.classes: Optional[list[str]] = None
+        if format == "folder":
+            self.classes = class_folders(self.root / train_split)
+            found = len(self.classes)
+        else:
+            found = max(r.label for r in self._records(train_split)) + 1
+        if num_classes is not None and num_classes < found:
+            raise ValueError(f"data.num_classes={num_classes} but the {train_split} split has labels up to {found - 1}")
+        self.num_classes = num_classes if num_classes is not None else found
+        log.info("video decoder: %s", resolve_backend(decoder))
+
+    def _records(self, split: str) -> list[VideoRecord]:
+        if self.hparams.format == "folder":
+            return scan_class_folders(self.root / split, self.classes)
+        return read_list_file(self.list_dir / f"{split}.csv", self.root)
+
+    def _dataset(self, split: str, mode: Literal["train", "val", "test"]) -> Dataset:
+        hp = self.hparams
+        records = self._records(split)
+        too_large = [r for r in records if r.label >= self.num_classes]
+        if too_large:
+            raise ValueError(f"split '{split}': label {too_large[0].label} of {too_large[0].path} is >= "
+                             f"num_classes {self.num_classes}")
+        transform = None
+        if mode == "train":
+            transform = TrainClipTransform(hp.img_size, tuple(hp.scale), tuple(hp.ratio), hp.hflip, hp.auto_augment,
+                                           hp.reprob, hp.mean, hp.std)
+        dataset = VideoClipDataset(
+            records, mode, hp.num_frames, hp.sampling_rate, hp.img_size, transform,
+            hp.train_short_side or round(hp.img_size * 256 / 224), hp.test_num_clips, hp.test_num_crops,
+            hp.on_bad_file, hp.decoder, tuple(hp.mean), tuple(hp.std),
+        )
+        if mode == "train":
+            return dataset  # replaces unreadable videos itself, so batches keep their size
+        return SkippingDataset(dataset, dataset.describe, hp.on_bad_file)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        hp = self.hparams
+        if stage in (None, "fit"):
+            self.train_set = self._dataset(hp.train_split, "train")
+        if stage in (None, "fit", "validate"):
+            self.val_set = self._dataset(hp.val_split, "val")
+        if stage in (None, "test", "predict"):
+            self.test_set = self._dataset(hp.test_split, "test")
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            dataset, batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size), shuffle=train,
+            drop_last=train, num_workers=hp.num_workers, pin_memory=hp.pin_memory,
+            persistent_workers=hp.num_workers > 0, collate_fn=collate_skipping_none,
+            worker_init_fn=seed_numpy_worker,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def skipped(self) -> int:
+        """Unreadable videos skipped so far, over all splits and workers."""
+        return sum(getattr(self, name).skipped for name in ("train_set", "val_set", "test_set") if hasattr(self, name))

@@ -1,0 +1,59 @@
+"""Video target: the VideoMAE ViT (``Video.backbone.VideoViT``) on the shared pathway classifier.
+
+VideoMAE checkpoints (pre-training or fine-tuning, nested under ``model``/``module``) load as the target and as
+auxiliary models through ``convert_target_state_dict``; timm image ViT state dicts load as auxiliary models as is
+(their block linears have the same names and shapes).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from pathway.classifier import PathwayClassifier
+from Video.backbone import VideoViT, videomae_key_map
+
+__all__ = ["VideoClassifier", "VideoViT"]
+
+
+class VideoClassifier(PathwayClassifier):
+    """Video classification with the pathway; sizes default to ViT-B/16 on 16×224² clips.
+
+    Args:
+        img_size / num_frames: clip size the model is built for (must match the data's).
+        patch_size / tubelet_size: spatial and temporal size of a token's tube (16 and 2 in VideoMAE).
+        embed_dim / depth / num_heads / mlp_ratio: transformer size (768 / 12 / 12 / 4 for ViT-B).
+        drop_path_rate: stochastic depth (0.1 in the VideoMAE ViT-B recipe).
+        head_drop_rate: dropout before the head.
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        num_frames: int = 16,
+        patch_size: int = 16,
+        tubelet_size: int = 2,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        mlp_ratio: float = 4.0,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.1,
+        head_drop_rate: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+
+    def build_backbone(self) -> nn.Module:
+        hp = self.hparams
+        return VideoViT(
+            num_classes=hp.num_classes, img_size=hp.img_size, patch_size=hp.patch_size, num_frames=hp.num_frames,
+            tubelet_size=hp.tubelet_size, embed_dim=hp.embed_dim, depth=hp.depth, num_heads=hp.num_heads,
+            mlp_ratio=hp.mlp_ratio, drop_rate=hp.drop_rate, attn_drop_rate=hp.attn_drop_rate,
+            drop_path_rate=hp.drop_path_rate, head_drop_rate=hp.head_drop_rate,
+        )
+
+    def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """VideoMAE key format (``encoder.`` prefix, decoder, ``norm`` vs ``fc_norm``, fused timm qkv bias)."""
+        return videomae_key_map(state_dict, embed_dim=self.hparams.embed_dim)

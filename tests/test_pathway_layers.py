@@ -1,0 +1,266 @@
+"""PathwayLinear on its own: the computation, dtypes, freezing, several aux models, merge/unmerge/fuse."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pathway.layers import PathwayLinear
+
+
+def _linear(bias: bool = True, seed: int = 0, dtype: torch.dtype = torch.float32) -> nn.Linear:
+    torch.manual_seed(seed)
+    return nn.Linear(6, 4, bias=bias).to(dtype)
+
+
+def _aux(seed: int, shape=(4, 6)) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _x(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(5, 6, generator=torch.Generator().manual_seed(99)).to(dtype)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_computes_weight_plus_lambda_aux(bias: bool) -> None:
+    linear = _linear(bias)
+    w, b = linear.weight.detach().clone(), None if linear.bias is None else linear.bias.detach().clone()
+    aux = _aux(1)
+    layer = PathwayLinear(linear, [aux], lambda_init=0.3)
+    expected = _x() @ (w + 0.3 * aux).T + (b if b is not None else 0)
+    torch.testing.assert_close(layer(_x()), expected, atol=1e-6, rtol=0)
+    assert (layer.bias is None) == (not bias)
+    assert ("bias" in layer.state_dict()) == bias
+
+
+def test_lambda_init_value_and_zero_is_identity() -> None:
+    linear = _linear()
+    ref = linear(_x()).detach()
+    layer = PathwayLinear(linear, [_aux(1)], lambda_init=0.0)
+    assert layer.lambdas.dtype == torch.float32
+    assert layer.lambdas.tolist() == [0.0]
+    assert torch.equal(layer(_x()), ref)
+    assert PathwayLinear(_linear(), [_aux(1), _aux(2)], lambda_init=0.25).lambdas.tolist() == [0.25, 0.25]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dtypes(dtype: torch.dtype) -> None:
+    linear = _linear(dtype=dtype)
+    aux = _aux(1)
+    layer = PathwayLinear(linear, [aux], lambda_init=0.5)
+    assert layer.aux_weight_0.dtype == dtype
+    out = layer(_x(dtype))
+    assert out.dtype == dtype
+    ref = _x() @ (linear.weight.float() + 0.5 * aux.to(dtype).float()).T + linear.bias.float()
+    tol = 1e-5 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=0)
+
+
+def test_fp16_forward() -> None:
+    linear = _linear(dtype=torch.float16)
+    layer = PathwayLinear(linear, [_aux(1)], lambda_init=0.5)
+    out = layer(_x(torch.float16))
+    assert out.dtype == torch.float16
+    ref = _x() @ (linear.weight.float() + 0.5 * _aux(1).half().float()).T + linear.bias.float()
+    torch.testing.assert_close(out.float(), ref, atol=0.05, rtol=0)
+
+
+def test_autocast_bf16_forward_and_grad() -> None:
+    linear = _linear()
+    aux = _aux(1)
+    layer = PathwayLinear(linear, [aux], lambda_init=0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = layer(_x())
+    assert out.dtype == torch.bfloat16
+    ref = _x() @ (linear.weight.detach() + 0.5 * aux).T + linear.bias.detach()
+    torch.testing.assert_close(out.float(), ref, atol=0.1, rtol=0)
+    out.float().sum().backward()
+    assert layer.lambdas.grad is not None and layer.lambdas.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gradients_match_plain_autograd(bias: bool) -> None:
+    # 3-D input (batch, tokens, features) as in a ViT block; two trainable aux models.
+    linear = _linear(bias).double()
+    auxes = [_aux(1).double(), _aux(2).double()]
+    layer = PathwayLinear(linear, auxes, lambda_init=0.0, aux_trainable=True)
+    with torch.no_grad():
+        layer.lambdas.copy_(torch.tensor([0.3, -0.6]))
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(2, 3, 4, dtype=torch.float64)
+    layer(x).backward(grad_out)
+
+    w = linear.weight.detach().clone().requires_grad_()
+    b = linear.bias.detach().clone().requires_grad_() if bias else None
+    lam = torch.tensor([0.3, -0.6], dtype=torch.float64, requires_grad=True)
+    a = [t.clone().requires_grad_() for t in auxes]
+    x_ref = x.detach().clone().requires_grad_()
+    torch.nn.functional.linear(x_ref, w + lam[0] * a[0] + lam[1] * a[1], b).backward(grad_out)
+
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(layer.weight.grad, w.grad)
+    torch.testing.assert_close(layer.lambdas.grad, lam.grad.float())
+    torch.testing.assert_close(layer.aux_weight_0.grad, a[0].grad)
+    torch.testing.assert_close(layer.aux_weight_1.grad, a[1].grad)
+    if bias:
+        torch.testing.assert_close(layer.bias.grad, b.grad)
+
+
+def test_aux_frozen_by_default() -> None:
+    layer = PathwayLinear(_linear(), [_aux(1)], lambda_init=0.1)
+    param_names = {n for n, _ in layer.named_parameters()}
+    assert param_names == {"weight", "bias", "lambdas"}
+    assert "aux_weight_0" in dict(layer.named_buffers())
+    assert "aux_weight_0" in layer.state_dict()
+    layer(_x()).sum().backward()
+    assert not layer.aux_weight_0.requires_grad and layer.aux_weight_0.grad is None
+    assert layer.lambdas.grad is not None and layer.lambdas.grad.abs().sum() > 0
+    assert layer.weight.grad is not None
+
+
+def test_aux_trainable_is_parameter_with_grad() -> None:
+    layer = PathwayLinear(_linear(), [_aux(1)], lambda_init=0.1, aux_trainable=True)
+    params = dict(layer.named_parameters())
+    assert isinstance(params.get("aux_weight_0"), nn.Parameter)
+    assert "aux_weight_0" not in dict(layer.named_buffers())
+    layer(_x()).sum().backward()
+    assert layer.aux_weight_0.grad is not None and layer.aux_weight_0.grad.abs().sum() > 0
+
+
+def test_aux_weights_are_copies() -> None:
+    aux = _aux(1)
+    layer = PathwayLinear(_linear(), [aux], lambda_init=0.1)
+    aux.add_(100.0)
+    assert not torch.equal(layer.aux_weight_0, aux)
+
+
+def test_several_aux_have_one_lambda_each_and_each_matters() -> None:
+    linear = _linear()
+    w, b = linear.weight.detach().clone(), linear.bias.detach().clone()
+    auxes = [_aux(1), _aux(2), _aux(3)]
+    layer = PathwayLinear(linear, auxes, lambda_init=0.0)
+    assert layer.num_aux == 3 and layer.lambdas.shape == (3,)
+    with torch.no_grad():
+        layer.lambdas.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    expected = _x() @ (w + 0.1 * auxes[0] - 0.2 * auxes[1] + 0.3 * auxes[2]).T + b
+    torch.testing.assert_close(layer(_x()), expected, atol=1e-5, rtol=0)
+    base = layer(_x()).detach()
+    for i in range(3):
+        with torch.no_grad():
+            layer.lambdas[i] += 0.5
+        assert not torch.allclose(layer(_x()), base, atol=1e-4), f"aux {i} has no effect"
+        with torch.no_grad():
+            layer.lambdas[i] -= 0.5
+    layer(_x()).sum().backward()
+    assert (layer.lambdas.grad != 0).all()
+
+
+def test_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match=r"aux weight 1 has shape \(6, 4\)"):
+        PathwayLinear(_linear(), [_aux(1), _aux(2, shape=(6, 4))])
+    with pytest.raises(ValueError, match="at least one"):
+        PathwayLinear(_linear(), [])
+    with pytest.raises(TypeError, match="nn.Linear"):
+        PathwayLinear(nn.Conv1d(6, 4, 1), [_aux(1)])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_merge_unmerge_idempotent_and_reversible(bias: bool) -> None:
+    layer = PathwayLinear(_linear(bias), [_aux(1), _aux(2)], lambda_init=0.4)
+    w0 = layer.weight.detach().clone()
+    ref = layer(_x()).detach()
+    layer.merge_()
+    assert layer.is_merged and bool(layer.merged)
+    w_merged = layer.weight.detach().clone()
+    assert not torch.allclose(w_merged, w0)
+    torch.testing.assert_close(w_merged, w0 + 0.4 * (_aux(1) + _aux(2)), atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer(_x()), ref, atol=1e-5, rtol=0)
+    layer.merge_()
+    assert torch.equal(layer.weight, w_merged), "a second merge_ folded λ·W_aux in again"
+    torch.testing.assert_close(layer(_x()), ref, atol=1e-5, rtol=0)
+    layer.unmerge_()
+    assert not layer.is_merged and not bool(layer.merged)
+    torch.testing.assert_close(layer.weight, w0, atol=1e-6, rtol=0)
+    layer.unmerge_()
+    torch.testing.assert_close(layer.weight, w0, atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer(_x()), ref, atol=1e-5, rtol=0)
+
+
+def test_lambda_changed_after_merge_is_still_honoured() -> None:
+    aux = _aux(1)
+    layer = PathwayLinear(_linear(), [aux], lambda_init=0.4)
+    w0 = layer.weight.detach().clone()
+    layer.merge_()
+    with torch.no_grad():
+        layer.lambdas.fill_(-0.3)
+    expected = _x() @ (w0 - 0.3 * aux).T + layer.bias.detach()
+    torch.testing.assert_close(layer(_x()), expected, atol=1e-5, rtol=0)
+    layer.unmerge_()
+    torch.testing.assert_close(layer.weight, w0, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fuse_returns_equal_linear(bias: bool) -> None:
+    layer = PathwayLinear(_linear(bias), [_aux(1), _aux(2)], lambda_init=0.0)
+    with torch.no_grad():
+        layer.lambdas.copy_(torch.tensor([0.7, -0.2]))
+    fused = layer.fuse()
+    assert type(fused) is nn.Linear
+    assert (fused.bias is None) == (not bias)
+    torch.testing.assert_close(fused(_x()), layer(_x()), atol=1e-5, rtol=0)
+    assert not torch.allclose(fused.weight, layer.weight, atol=1e-3)
+    layer.merge_()
+    torch.testing.assert_close(layer.fuse()(_x()), fused(_x()), atol=1e-5, rtol=0)
+
+
+def test_bf16_merge_accumulates_in_fp32() -> None:
+    # λ·W_aux formed and summed in bf16 (8-bit mantissa) rounds twice; folding must round once, from fp32.
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 64, bias=False).to(torch.bfloat16)
+    auxes = [_aux(1, (64, 64)).to(torch.bfloat16), _aux(2, (64, 64)).to(torch.bfloat16)]
+    lambdas = torch.tensor([0.3, -0.07])
+    layer = PathwayLinear(linear, auxes, lambda_init=0.0)
+    with torch.no_grad():
+        layer.lambdas.copy_(lambdas)
+    w = linear.weight.detach()
+    exact = w.double() + lambdas[0].double() * auxes[0].double() + lambdas[1].double() * auxes[1].double()
+    reference = exact.to(torch.bfloat16)
+    naive = w + lambdas[0].to(torch.bfloat16) * auxes[0] + lambdas[1].to(torch.bfloat16) * auxes[1]
+    # fp32 accumulation rounds once (a handful of float64 ties may land on the other side); bf16 rounds everywhere.
+    naive_wrong = int((naive != reference).sum())
+    assert naive_wrong > 1000, "test premise: a bf16 accumulation is off in many entries"
+    fused = layer.fuse()
+    assert fused.weight.dtype == torch.bfloat16
+    assert int((fused.weight != reference).sum()) <= 8
+    torch.testing.assert_close(fused.weight.double(), exact, atol=2e-2, rtol=0)
+    layer.merge_()
+    assert int((layer.weight.detach() != reference).sum()) <= 8
+
+
+def test_merge_refuses_non_finite() -> None:
+    layer = PathwayLinear(_linear(), [_aux(1)], lambda_init=0.1)
+    w0 = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.lambdas.fill_(float("inf"))
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        layer.merge_()
+    assert not layer.is_merged and torch.equal(layer.weight, w0)
+    with pytest.raises(FloatingPointError):
+        layer.fuse()
+
+
+def test_merged_flag_survives_state_dict_round_trip() -> None:
+    aux = _aux(1)
+    layer = PathwayLinear(_linear(seed=0), [aux], lambda_init=0.6)
+    ref = layer(_x()).detach()
+    layer.merge_()
+    state = layer.state_dict()
+    assert bool(state["merged"])
+    fresh = PathwayLinear(_linear(seed=5), [_aux(9)], lambda_init=0.0)
+    assert not fresh.is_merged
+    fresh.load_state_dict(state)
+    assert fresh.is_merged
+    torch.testing.assert_close(fresh(_x()), ref, atol=1e-5, rtol=0)
+    fresh.unmerge_()
+    torch.testing.assert_close(fresh.weight, _linear(seed=0).weight, atol=1e-6, rtol=0)
+    torch.testing.assert_close(fresh(_x()), ref, atol=1e-5, rtol=0)
