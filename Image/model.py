@@ -37,6 +37,10 @@ class ImageClassifier(PathwayClassifier):
             drop_path_rate=hp.drop_path_rate, global_pool=hp.global_pool, **(hp.model_kwargs or {}),
         )
 
+    def example_input_shape(self) -> tuple[int, ...]:
+        hp = self.hparams
+        return (int((hp.model_kwargs or {}).get("in_chans", 3)), hp.img_size, hp.img_size)
+
     def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """MAE pre-training checkpoints carry the decoder and a mask token; the classifier needs neither."""
         return {k: v for k, v in state_dict.items() if not k.startswith(("decoder", "mask_token"))}

@@ -62,6 +62,10 @@ class PointClassifier(PathwayClassifier):
             drop_path_rate=hp.drop_path_rate, head_dropout=hp.head_dropout,
         )
 
+    def example_input_shape(self) -> tuple[int, ...]:
+        """A 1,024-point cloud (ModelNet40/ScanObjectNN size); the model itself takes any N ≥ group_size."""
+        return (1024, 3)
+
     def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         return convert_point_mae_state_dict(state_dict)
 

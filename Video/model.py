@@ -54,6 +54,10 @@ class VideoClassifier(PathwayClassifier):
             drop_path_rate=hp.drop_path_rate, head_drop_rate=hp.head_drop_rate,
         )
 
+    def example_input_shape(self) -> tuple[int, ...]:
+        hp = self.hparams
+        return (3, hp.num_frames, hp.img_size, hp.img_size)
+
     def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """VideoMAE key format (``encoder.`` prefix, decoder, ``norm`` vs ``fc_norm``, fused timm qkv bias)."""
         return videomae_key_map(state_dict, embed_dim=self.hparams.embed_dim)

@@ -82,6 +82,13 @@ class PathwayModule(L.LightningModule):
         """The target model; its ``forward`` returns what the task's loss consumes."""
         raise NotImplementedError(f"{type(self).__name__} must implement build_backbone()")
 
+    def example_input_shape(self) -> tuple[int, ...]:
+        """Shape of one input sample without the batch dimension (e.g. ``(3, 224, 224)``), for export/tracing."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement example_input_shape() -> the shape of one input sample without "
+            "the batch dimension, derived from its hyper-parameters (needed by `python -m pathway export`)"
+        )
+
     def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
         """Rename a foreign checkpoint's keys to the backbone's (MAE/VideoMAE/... formats); identity here."""
         return state_dict
@@ -112,6 +119,8 @@ class PathwayModule(L.LightningModule):
             )
         except (KeyError, ValueError, TypeError, AttributeError) as err:
             raise CheckpointError(f"aux checkpoints {aux_paths}: {err}") from err
+        # DDP would otherwise broadcast every buffer from rank 0 on each forward: ~340 MB per step and aux for ViT-B.
+        self._ddp_params_and_buffers_to_ignore = self._frozen_aux_keys()
         log.info("pathway applied from %d auxiliary model(s) to %d layers", len(auxes),
                  sum(1 for _ in pathway_layers(self.backbone)))
 
@@ -123,6 +132,7 @@ class PathwayModule(L.LightningModule):
                 if not layer.aux_trainable for i in range(layer.num_aux)]
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["pathway_module_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         if self.hparams.store_aux_in_checkpoint or not self.aux_hashes:
             return
         for key in self._frozen_aux_keys():

@@ -1,0 +1,95 @@
+"""Helpers shared by the tests/test_scale_*.py files: tiny image folders, tensor data, tiny Image checkpoints."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch.utils.data import DataLoader, TensorDataset
+
+from conftest import TINY_MODEL_KWARGS, make_vit
+
+TINY_IMAGE_MODEL: dict[str, Any] = dict(
+    model_name="vit_tiny_patch16_224", img_size=16, drop_path_rate=0.0, model_kwargs=dict(TINY_MODEL_KWARGS)
+)
+QUIET_TRAINER: dict[str, Any] = dict(
+    accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0
+)
+
+
+def make_imagefolder(root: Path, classes: int = 3, per_class: int = 6, size: int = 16) -> Path:
+    """``root/{train,val}/<class>/<n>.png`` with random RGB images (seeded)."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for c in range(classes):
+            folder = root / split / f"c{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for n in range(per_class):
+                PILImage.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{n}.png")
+    return root
+
+
+def save_aux(path: Path, seed: int = 123, **overrides: Any) -> Path:
+    torch.save(make_vit(seed=seed, num_classes=7, **overrides).state_dict(), path)
+    return path
+
+
+class TensorDataModule(L.LightningDataModule):
+    """In-memory ``(x, y[, sample_ids])`` splits with unshuffled loaders (Lightning still shuffles training under DDP)."""
+
+    def __init__(self, train: tuple, batch_size: int, val: Optional[tuple] = None, test: Optional[tuple] = None):
+        super().__init__()
+        self.splits = {"train": train, "val": val, "test": test}
+        self.batch_size = batch_size
+
+    def _loader(self, split: str) -> DataLoader:
+        return DataLoader(TensorDataset(*self.splits[split]), batch_size=self.batch_size, shuffle=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val") if self.splits["val"] is not None else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+def random_split(n: int, num_classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, num_classes, (n,), generator=g)
+
+
+def train_image_checkpoint(path: Path, aux: Optional[Path], steps: int = 3, num_classes: int = 3,
+                           **model_args: Any):
+    """Fit a tiny ``ImageClassifier`` (with a pathway from ``aux``) for ``steps`` steps and save a checkpoint."""
+    from Image.model import ImageClassifier
+
+    torch.manual_seed(0)
+    args = dict(TINY_IMAGE_MODEL, num_classes=num_classes, aux_ckpts=[str(aux)] if aux else [], lr=5e-2,
+                warmup_epochs=0.0, weight_decay=0.0, label_smoothing=0.0)
+    model = ImageClassifier(**{**args, **model_args})
+    trainer = L.Trainer(max_steps=steps, enable_checkpointing=False, **QUIET_TRAINER)
+    trainer.fit(model, TensorDataModule(random_split(8, num_classes), batch_size=4))
+    trainer.save_checkpoint(path)
+    return model
+
+
+class DumpTrainingState(L.Callback):
+    """Writes what a (resumed) fit starts from: step, optimizer and scheduler state, λ (used by the resume test)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from pathway.surgery import lambda_table
+
+        torch.save({
+            "global_step": trainer.global_step,
+            "optimizer": trainer.optimizers[0].state_dict(),
+            "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
+            "lambdas": lambda_table(pl_module.backbone),
+        }, self.path)
