@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_output", help="folder for data, runs and exports")
     parser.add_argument("--epochs", type=int, default=None, help="image epochs (default: Image/configs/demo.yaml)")
-    parser.add_argument("--aux-epochs", type=int, default=6, help="epochs of the auxiliary audio ViT")
+    parser.add_argument("--aux-epochs", type=int, default=10, help="epochs of the auxiliary audio ViT")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)

@@ -35,8 +35,8 @@ except ImportError:
 
 _backend_logged = False
 
-# The pure-torch kNN materialises a (B, chunk, P2, D) difference tensor; this bounds its element count.
-_KNN_CHUNK_ELEMENTS = 1 << 26
+# The pure-torch kNN materialises a (B, chunk, P2, D) difference tensor; this bounds its size per cloud.
+_KNN_CHUNK_ELEMENTS = 1 << 21  # 8 MB of fp32 per cloud: 256 MB at batch 32
 
 
 def _log_backend_once() -> None:
@@ -101,7 +101,8 @@ def knn_torch(queries: Tensor, points: Tensor, k: int) -> tuple[Tensor, Tensor]:
     if not 0 < k <= points.shape[1]:
         raise ValueError(f"cannot take {k} neighbours among {points.shape[1]} points")
     batch, num_queries, dims = queries.shape
-    chunk = max(1, _KNN_CHUNK_ELEMENTS // max(1, batch * points.shape[1] * dims))
+    # Bounded per cloud, not per batch: a batch-dependent chunk would make torch.export specialise the batch size.
+    chunk = max(1, _KNN_CHUNK_ELEMENTS // max(1, points.shape[1] * dims))
     q, p = queries.float(), points.float()
     dists, idx = [], []
     for start in range(0, num_queries, chunk):
