@@ -9,6 +9,7 @@ import pytest
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+import pathway.atomic
 import pathway.checkpoint_io as checkpoint_io
 from pathway.checkpoint_io import AtomicCheckpointIO
 from pathway.resume import resolve_last_checkpoint
@@ -19,8 +20,8 @@ def test_crash_in_the_middle_of_save_keeps_the_previous_checkpoint(tmp_path: Pat
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 1, "w": torch.ones(4)}, path)
 
-    def crash(obj, fh) -> None:  # half the bytes reach the disk, then the process "dies"
-        fh.write(b"PK\x03\x04 truncated")
+    def crash(obj, file) -> None:  # half the bytes reach the disk, then the process "dies"
+        Path(file).write_bytes(b"PK\x03\x04 truncated")
         raise OSError("simulated crash during save")
 
     monkeypatch.setattr(checkpoint_io.torch, "save", crash)
@@ -36,7 +37,7 @@ def test_crash_in_the_middle_of_save_keeps_the_previous_checkpoint(tmp_path: Pat
 def test_save_replaces_atomically_and_fsyncs(tmp_path: Path, monkeypatch) -> None:
     synced: list[int] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(checkpoint_io.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    monkeypatch.setattr(pathway.atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
     path = tmp_path / "sub" / "last.ckpt"
     io = AtomicCheckpointIO()
     io.save_checkpoint({"global_step": 1}, path)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -11,22 +10,11 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from pathway.atomic import atomic_write
 from pathway.merge import plain_state_dict
 from pathway.surgery import lambda_table
 
 log = logging.getLogger(__name__)
-
-
-def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename: a crash never leaves a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _out_dir(trainer: L.Trainer, dirpath: Optional[str]) -> Path:

@@ -7,8 +7,6 @@ fsync'ed, and a ViT-B checkpoint is held twice in host memory.  A job killed whi
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -17,36 +15,12 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (POSIX: the directory entry lives in the folder's metadata)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. file systems that do not allow opening folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+from pathway.atomic import atomic_write
 
 
 def atomic_torch_save(obj: Any, path: _PATH) -> None:
-    """``torch.save`` to a temporary file in the target folder, fsync it, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
+    """``torch.save`` through ``pathway.atomic.atomic_write`` (temporary file in the target folder + rename)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from pathway.callbacks import atomic_write
+from pathway.atomic import atomic_write
 from pathway.checkpoint import CheckpointError
 from pathway.merge import fuse_pathway
 from pathway.module import PathwayModule, file_sha256
