@@ -8,20 +8,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Optional
 
-import lightning as L
-from torch.utils.data import DataLoader
 
 from Audio.dataset import AudioClipDataset
 from Audio.labels import (
     AudioRecord, folder_classes, read_audioset_classes, read_audioset_json, read_esc50, read_folder_split,
 )
 from Audio.synthetic import make_tone_dataset
-from pathway.data import SkippingDataset, collate_skipping_none
+from pathway.data import SkippingDataset, SplitDataModule
 
 DatasetFormat = Literal["audioset", "esc50", "folder"]
 
 
-class AudioDataModule(L.LightningDataModule):
+class AudioDataModule(SplitDataModule):
     """Kaldi-fbank clips with AudioMAE-style training augmentation.
 
     Args:
@@ -72,7 +70,6 @@ class AudioDataModule(L.LightningDataModule):
         self.format = format
         self.batch_size = batch_size
         self.multilabel = format == "audioset"
-        self.datasets: dict[str, SkippingDataset] = {}
         if format == "audioset":
             if not label_csv or not train_json:
                 raise ValueError("format 'audioset' needs label_csv and train_json")
@@ -119,33 +116,11 @@ class AudioDataModule(L.LightningDataModule):
         )
 
     def _wrapped(self, split: Literal["train", "val", "test"]) -> SkippingDataset:
-        if split not in self.datasets:
-            dataset = self.build_dataset(split)
-            self.datasets[split] = SkippingDataset(
-                dataset, lambda i, d=dataset: str(d.records[i].path), on_bad_file=self.hparams.on_bad_file
-            )
-        return self.datasets[split]
+        dataset = self.build_dataset(split)
+        return SkippingDataset(dataset, lambda i: str(dataset.records[i].path), on_bad_file=self.hparams.on_bad_file)
 
     def setup(self, stage: Optional[str] = None) -> None:
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in splits.get(stage, ("train", "val", "test")):
-            self._wrapped(split)
-
-    def _loader(self, split: Literal["train", "val", "test"]) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            self._wrapped(split), batch_size=self.batch_size, shuffle=split == "train", num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory, collate_fn=collate_skipping_none, persistent_workers=hp.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test")
+            if not hasattr(self, f"{split}_set"):
+                setattr(self, f"{split}_set", self._wrapped(split))

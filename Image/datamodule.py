@@ -5,12 +5,10 @@ import logging
 from pathlib import Path
 from typing import Optional
 
-import lightning as L
 from timm.data import create_transform
-from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
-from pathway.data import SkippingDataset, collate_skipping_none
+from pathway.data import SkippingDataset, SplitDataModule
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +22,7 @@ def _class_folders(path: Path) -> list[str]:
     return classes
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(SplitDataModule):
     """``root/<train_split>/<class>/*`` and ``root/<val_split>/<class>/*`` (the ImageNet layout).
 
     Args:
@@ -93,26 +91,3 @@ class ImageDataModule(L.LightningDataModule):
             self.val_set = self._dataset(hp.val_split, training=False)
         if stage in (None, "test", "predict"):
             self.test_set = self._dataset(hp.test_split or hp.val_split, training=False)
-
-    def _loader(self, dataset: SkippingDataset, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            dataset, batch_size=hp.batch_size, shuffle=shuffle, drop_last=shuffle, num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0, collate_fn=collate_skipping_none,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def skipped(self) -> int:
-        """Unreadable images skipped so far, over all splits."""
-        return sum(getattr(self, name).skipped for name in ("train_set", "val_set", "test_set") if hasattr(self, name))

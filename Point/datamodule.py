@@ -19,12 +19,10 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from pathway.data import SkippingDataset, collate_skipping_none
+from pathway.data import SkippingDataset, SplitDataModule
 from Point.datasets import PointClassificationDataset, ShapeNetPartDataset
 from Point.parts import NUM_CATEGORIES, NUM_PARTS, SHAPENETPART_CATEGORIES
 from Point.readers import (
@@ -69,30 +67,7 @@ def _scanobjectnn_file(root: Path, variant: str, split: str) -> Path:
     )
 
 
-class _PointLoaders(L.LightningDataModule):
-    """The loaders both point DataModules share (bad samples dropped by ``collate_skipping_none``)."""
-
-    def _loader(self, dataset: SkippingDataset, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        return DataLoader(
-            dataset, batch_size=hp.batch_size, shuffle=shuffle, drop_last=shuffle, num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0, collate_fn=collate_skipping_none,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, shuffle=False)
-
-
-class PointDataModule(_PointLoaders):
+class PointDataModule(SplitDataModule):
     """Point-cloud classification data; see the module docstring for ``format`` and layouts.
 
     Args:
@@ -213,7 +188,7 @@ class PointDataModule(_PointLoaders):
             self.test_set = self._dataset("test", train=False, vote_num=self.hparams.vote_num)
 
 
-class ShapeNetPartDataModule(_PointLoaders):
+class ShapeNetPartDataModule(SplitDataModule):
     """ShapeNetPart (``shapenetcore_partanno_segmentation_benchmark_v0_normal``) for part segmentation.
 
     ``num_classes`` is the number of parts (50); categories are indexed in the benchmark's fixed order

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -137,15 +136,10 @@ class PointSegmenter(PathwayModule):
         if batch is None:  # every sample of the batch was unreadable and skipped
             return None
         points, category, parts = batch
-        loss = self.loss(self(points, category), parts, self.hparams.label_smoothing)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, batch_size=points.shape[0])
-        return loss
+        return self.log_train_loss(self.loss(self(points, category), parts, self.hparams.label_smoothing),
+                                   points.shape[0])
 
-    def _eval_step(self, batch: Any, stage: str) -> None:
-        if batch is None:
-            return
+    def eval_step(self, batch: Any, stage: str) -> None:
         points, category, parts = batch
         logits = self(points, category)
         self.log(f"{stage}/loss", self.loss(logits, parts), sync_dist=True, batch_size=points.shape[0])
@@ -156,12 +150,6 @@ class PointSegmenter(PathwayModule):
         values = metric.compute()
         metric.reset()
         self.log_dict({f"{stage}/{k}": v for k, v in values.items()})
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         self._log_iou("val")

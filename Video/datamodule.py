@@ -6,12 +6,11 @@ import random
 from pathlib import Path
 from typing import Literal, Optional
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from pathway.data import SkippingDataset, collate_skipping_none
+from pathway.data import SkippingDataset, SplitDataModule
 from Video.dataset import (
     BadFilePolicy, VideoClipDataset, VideoRecord, class_folders, read_list_file, scan_class_folders,
 )
@@ -28,7 +27,7 @@ def seed_numpy_worker(worker_id: int) -> None:
     random.seed(torch.initial_seed())
 
 
-class VideoDataModule(L.LightningDataModule):
+class VideoDataModule(SplitDataModule):
     """Video clips for fit/validate/test/predict.
 
     Layouts (``format``):
@@ -131,27 +130,7 @@ class VideoDataModule(L.LightningDataModule):
         if stage in (None, "test", "predict"):
             self.test_set = self._dataset(hp.test_split, "test")
 
-    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+    def loader_kwargs(self, train: bool) -> dict:
         hp = self.hparams
-        return DataLoader(
-            dataset, batch_size=hp.batch_size if train else (hp.eval_batch_size or hp.batch_size), shuffle=train,
-            drop_last=train, num_workers=hp.num_workers, pin_memory=hp.pin_memory,
-            persistent_workers=hp.num_workers > 0, collate_fn=collate_skipping_none,
-            worker_init_fn=seed_numpy_worker,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader(self.test_set, train=False)
-
-    def skipped(self) -> int:
-        """Unreadable videos skipped so far, over all splits and workers."""
-        return sum(getattr(self, name).skipped for name in ("train_set", "val_set", "test_set") if hasattr(self, name))
+        return {"batch_size": hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
+                "worker_init_fn": seed_numpy_worker}

@@ -127,7 +127,7 @@ def test_audioset_labels(tmp_path: Path) -> None:
                          target_length=64, num_workers=0)
     assert dm.num_classes == 3 and dm.multilabel
     dm.setup("fit")
-    fbank, target = dm.datasets["train"][0]
+    fbank, target = dm.train_set[0]
     assert fbank.shape == (1, 64, 128)
     assert target.dtype == torch.float32 and target.tolist() == [1.0, 0.0, 1.0]
 
@@ -150,7 +150,7 @@ def test_esc50_fold_split(tmp_path: Path) -> None:
     dm = AudioDataModule(format="esc50", root=str(root), val_fold=3, target_length=64, num_workers=0)
     assert dm.num_classes == 2 and not dm.multilabel
     dm.setup("fit")
-    assert len(dm.datasets["val"]) == 1 and dm.datasets["val"][0][1].dtype == torch.long
+    assert len(dm.val_set) == 1 and dm.val_set[0][1].dtype == torch.long
     with pytest.raises(LabelError, match="fold 7"):
         read_esc50(root, val_fold=7)
 
@@ -215,7 +215,7 @@ def test_datamodule_bad_file_policy(tmp_path: Path, policy: str) -> None:
     write_wav(tmp_path / "val" / "a" / "good.wav")
     _bad_files(tmp_path / "train" / "a")
     dm = AudioDataModule(format="folder", root=str(tmp_path), target_length=64, num_workers=0, pin_memory=False,
-                         batch_size=8, on_bad_file=policy)
+                         batch_size=5, on_bad_file=policy)  # one full training batch: 1 good + 4 bad files
     dm.setup("fit")
     if policy == "error":
         with pytest.raises(BadSampleError, match=r"(empty|garbage|no_frames|too_short)\.wav: cannot be read"):
@@ -223,7 +223,7 @@ def test_datamodule_bad_file_policy(tmp_path: Path, policy: str) -> None:
         return
     fbank, target = next(iter(dm.train_dataloader()))
     assert fbank.shape == (1, 1, 64, 128) and torch.isfinite(fbank).all() and target.tolist() == [0]
-    assert dm.datasets["train"].skipped == 4
+    assert dm.train_set.skipped == 4
 
 
 def test_synthetic_set_is_deterministic_and_fast(tmp_path: Path) -> None:

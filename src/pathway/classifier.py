@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import Tensor
 
-from pathway.mixup import BatchMixup, soft_targets
+from pathway.mixup import BatchMixup
 from pathway.module import PathwayModule
 
 
@@ -84,15 +84,9 @@ class PathwayClassifier(PathwayModule):
         x, y = batch[0], batch[1]
         if self.mixup is not None:
             x, y = self.mixup(x, y)
-        loss = self.loss(self(x), y, self.hparams.label_smoothing)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
-        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
-        return loss
+        return self.log_train_loss(self.loss(self(x), y, self.hparams.label_smoothing), x.shape[0])
 
-    def _eval_step(self, batch: Any, stage: str) -> None:
-        if batch is None:
-            return
+    def eval_step(self, batch: Any, stage: str) -> None:
         x, y = batch[0], batch[1]
         logits = self(x)
         self.log(f"{stage}/loss", self.loss(logits, y), sync_dist=True, batch_size=x.shape[0])
@@ -146,12 +140,6 @@ class PathwayClassifier(PathwayModule):
         metrics.reset()
         self.log_dict(values, rank_zero_only=True)
         self.log(f"{stage}/num_samples", float(unique.numel()), rank_zero_only=True)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         self._aggregate_views("val")

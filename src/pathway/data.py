@@ -6,7 +6,8 @@ import multiprocessing
 from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
-from torch.utils.data import Dataset
+import lightning as L
+from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 log = logging.getLogger(__name__)
@@ -60,3 +61,42 @@ def collate_skipping_none(batch: Sequence[Any]) -> Optional[Any]:
     """``default_collate`` over the items that loaded; ``None`` when none did (the steps skip such a batch)."""
     items = [item for item in batch if item is not None]
     return default_collate(items) if items else None
+
+
+class SplitDataModule(L.LightningDataModule):
+    """The loader side every modality shares: ``setup`` fills ``train_set``/``val_set``/``test_set``; this class
+    turns them into DataLoaders (shuffle + drop_last in training, bad samples dropped by ``collate_skipping_none``)
+    and counts skipped samples.  Subclasses adjust a loader through ``loader_kwargs``.
+
+    Expects ``batch_size``, ``num_workers`` and ``pin_memory`` among the subclass's saved hyper-parameters.
+    """
+
+    def loader_kwargs(self, train: bool) -> dict[str, Any]:
+        """Extra or overriding DataLoader arguments (e.g. an eval batch size, a worker_init_fn)."""
+        return {}
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        hp = self.hparams
+        kwargs: dict[str, Any] = dict(
+            batch_size=hp.batch_size, shuffle=train, drop_last=train, num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0, collate_fn=collate_skipping_none,
+        )
+        kwargs.update(self.loader_kwargs(train))
+        return DataLoader(dataset, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, train=False)
+
+    def skipped(self) -> int:
+        """Unreadable samples skipped so far, over all splits and workers."""
+        return sum(getattr(getattr(self, name), "skipped", 0)
+                   for name in ("train_set", "val_set", "test_set") if hasattr(self, name))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -126,6 +126,25 @@ class PathwayModule(L.LightningModule):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone(x)
+
+    def log_train_loss(self, loss: Tensor, batch_size: int) -> Tensor:
+        """Fail fast on a non-finite loss (naming the step) instead of training on NaNs, and log it."""
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss {loss.item()} at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        return loss
+
+    def eval_step(self, batch: Any, stage: str) -> None:
+        """One validation/test batch (``stage`` is ``val`` or ``test``); subclasses compute loss and metrics."""
+        raise NotImplementedError(f"{type(self).__name__} must implement eval_step()")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if batch is not None:  # None: every sample of the batch was unreadable and skipped
+            self.eval_step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        if batch is not None:
+            self.eval_step(batch, "test")
 
     def _frozen_aux_keys(self) -> list[str]:
         return [f"backbone.{name}.aux_weight_{i}" for name, layer in pathway_layers(self.backbone)
