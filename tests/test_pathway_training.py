@@ -313,3 +313,25 @@ def test_multi_view_scores_are_averaged_per_sample(tmp_path: Path) -> None:
     (results,) = trainer.test(model, dataloaders=loader, verbose=False)
     assert results["test/acc1"] == pytest.approx(2 / 3)
     assert results["test/num_samples"] == 3
+
+
+def test_ema_callback_averages_a_pathway_model(digits_root: Path, aux_ckpt: Path) -> None:
+    """EMA is Lightning's EMAWeightAveraging: it must cope with the pathway's buffers (frozen aux, bool flag)."""
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    class LastLambdas(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, *args) -> None:
+            self.value = next(iter(pathway_layers(pl_module.backbone)))[1].lambdas.detach().clone()
+
+    L.seed_everything(0)
+    model = _model([str(aux_ckpt)])
+    aux_before = next(iter(pathway_layers(model.backbone)))[1].aux_weight_0.clone()
+    last = LastLambdas()
+    trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=1,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[last, EMAWeightAveraging(decay=0.5)])
+    trainer.fit(model, _datamodule(digits_root))
+    layer = next(iter(pathway_layers(model.backbone)))[1]  # the averaged weights are copied in at train end
+    assert not torch.equal(layer.lambdas.detach(), last.value)  # an average, not the last step's λ
+    assert layer.lambdas.abs().max() > 0
+    assert torch.equal(layer.aux_weight_0, aux_before)  # frozen aux untouched by averaging
