@@ -38,6 +38,9 @@ class AudioDataModule(SplitDataModule):
         on_bad_file: ``skip`` (log, count, drop the clip from its batch) or ``error`` (stop, naming the file).
     """
 
+    # The CLI links these to the model (``pathway.cli``): the fbank grid and the label kind are set once, here.
+    linked_to_model = {"target_length": "parse", "num_mel_bins": "parse", "multilabel": "instantiate"}
+
     def __init__(
         self,
         format: DatasetFormat = "folder",

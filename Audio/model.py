@@ -19,7 +19,7 @@ class AudioClassifier(PathwayClassifier):
     Args:
         model_name: timm ViT architecture the size comes from (``vit_base_patch16_224`` = ViT-B/16).
         embed_dim / depth / num_heads: override the architecture's size (tiny test and demo models).
-        target_length / num_mel_bins: the fbank grid (time x mel); must match the DataModule's.
+        target_length / num_mel_bins: the fbank grid (time x mel); the CLI links them from ``data:``.
         drop_path_rate: stochastic depth.
         pos_embed: ``learn`` (learnable) or ``sincos`` (fixed 2-D sin-cos, frozen).
         **kwargs: ``PathwayClassifier`` / ``PathwayModule`` arguments (num_classes, target_ckpt, aux_ckpts, ...).

@@ -27,7 +27,6 @@ def test_demo_config_fits_and_exports_plain_vit(
     args = [
         "fit", "--config", str(CONFIGS / "demo.yaml"),
         "--model.embed_dim", "32", "--model.depth", "2", "--model.num_heads", "2",
-        "--model.target_length", "64", "--model.num_mel_bins", "32",
         "--model.aux_ckpts", json.dumps([str(aux_ckpt)]),
         "--data.root", str(root), "--data.target_length", "64", "--data.num_mel_bins", "32",
         "--data.batch_size", "2", "--trainer.max_steps", "2", "--trainer.default_root_dir", str(tmp_path / "run"),
@@ -55,7 +54,24 @@ def test_print_config_of_vitb_configs(capsys: pytest.CaptureFixture, monkeypatch
         assert exit_info.value.code in (0, None), f"{name}: {outputs[name][-3000:]}"
         assert "model_name: vit_base_patch16_224" in outputs[name] and "layer_decay: 0.75" in outputs[name]
         assert "blr: 0.001" in outputs[name] and "max_epochs: 60" in outputs[name]
-    assert "multilabel: true" in outputs["audioset_vitb_pathway"]
+    assert "format: audioset" in outputs["audioset_vitb_pathway"]
     assert "monitor: val/mAP" in outputs["audioset_vitb_pathway"]
     assert "format: esc50" in outputs["esc50_vitb_baseline"] and "aux_ckpts: []" in outputs["esc50_vitb_baseline"]
     assert "- checkpoints/point_vit_base.pth" in outputs["esc50_vitb_pathway"]
+
+
+def test_cli_links_fbank_grid_and_label_kind_from_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`data.format: audioset` makes the model multi-label (BCE + mAP) and the data's fbank grid sizes the model."""
+    from test_audio_data import make_audioset
+
+    monkeypatch.setattr(sys, "argv", ["python"])
+    data, csv = make_audioset(tmp_path)
+    cli = run_cli(AudioClassifier, AudioDataModule, run=False, args=[
+        "--config", str(CONFIGS / "demo.yaml"), "--model.embed_dim", "32", "--model.depth", "2",
+        "--model.num_heads", "2", "--data.format", "audioset", "--data.train_json", str(data),
+        "--data.val_json", str(data), "--data.label_csv", str(csv), "--data.target_length", "64",
+        "--data.num_mel_bins", "32", "--data.synthetic", "false",
+    ])
+    assert cli.model.hparams.multilabel is True and cli.model.hparams.num_classes == 3
+    assert (cli.model.hparams.target_length, cli.model.hparams.num_mel_bins) == (64, 32)
+    assert cli.model.example_input_shape() == (1, 64, 32)

@@ -26,6 +26,9 @@ class PathwayCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        # Settings a modality's model must share with its data (e.g. Audio's fbank grid) are given once, in `data:`.
+        for name, apply_on in getattr(self.datamodule_class, "linked_to_model", {}).items():
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on=apply_on)
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults({
             "checkpoint.monitor": self.monitor,
