@@ -16,11 +16,13 @@ import torch
 import torchaudio.functional as AF
 from torch import Tensor
 
+from pathway.data import BadSampleError
+
 # kaldi fbank frames are 25 ms long: a waveform shorter than one frame has no features at all.
 FRAME_LENGTH_MS = 25.0
 
 
-class AudioFileError(ValueError):
+class AudioFileError(BadSampleError, ValueError):
     """An audio file that cannot be turned into features; the message names the file and the reason."""
 
 

@@ -12,6 +12,8 @@ from typing import Union
 
 import numpy as np
 
+from pathway.data import BadSampleError
+
 PathLike = Union[str, Path]
 
 POINT_FILE_SUFFIXES: tuple[str, ...] = (".npy", ".txt", ".ply")
@@ -23,7 +25,7 @@ _PLY_TYPES = {
 }
 
 
-class PointDataError(ValueError):
+class PointDataError(BadSampleError, ValueError):
     """A point-cloud file or entry that cannot be used; the message names it."""
 
 

@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from pathway.data import SkippingDataset, SplitDataModule
 from Video.dataset import (
-    BadFilePolicy, VideoClipDataset, VideoRecord, class_folders, read_list_file, scan_class_folders,
+    READ_ERRORS, BadFilePolicy, VideoClipDataset, VideoRecord, class_folders, read_list_file, scan_class_folders,
 )
 from Video.decoding import Backend, resolve_backend
 from Video.transforms import TrainClipTransform
@@ -119,7 +119,7 @@ class VideoDataModule(SplitDataModule):
         )
         if mode == "train":
             return dataset  # replaces unreadable videos itself, so batches keep their size
-        return SkippingDataset(dataset, dataset.describe, hp.on_bad_file)
+        return SkippingDataset(dataset, dataset.describe, hp.on_bad_file, read_errors=READ_ERRORS)
 
     def setup(self, stage: Optional[str] = None) -> None:
         hp = self.hparams

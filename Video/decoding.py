@@ -18,13 +18,15 @@ from typing import Literal, Optional, Protocol, Union
 
 import numpy as np
 
+from pathway.data import BadSampleError
+
 log = logging.getLogger(__name__)
 
 Backend = Literal["auto", "pyav", "torchcodec"]
 PathLike = Union[str, os.PathLike]
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(BadSampleError):
     """A video that cannot be opened or decoded (corrupt, truncated, no video stream); names the file."""
 
 

@@ -133,3 +133,30 @@ def test_bad_image_error_names_the_file(folder_with_bad_image: tuple[Path, Path,
 def test_num_classes_mismatch_is_an_error(digits_root: Path) -> None:
     with pytest.raises(ValueError, match=r"num_classes=3.*10 class folders"):
         ImageDataModule(root=str(digits_root), num_classes=3)
+
+
+def test_paper_randaugment_survives_its_strongest_posterize() -> None:
+    """`rand-m9-mstd0.5-inc1` reaches posterize(bits=0); Pillow 13 raises there, which used to surface as
+    "unreadable image" skips. requirements.txt pins a Pillow where it gives a black image, as timm expects."""
+    from PIL import Image as PILImage
+    from timm.data.auto_augment import posterize
+
+    image = PILImage.new("RGB", (8, 8), (200, 100, 50))
+    assert posterize(image, 0).getpixel((0, 0)) == (0, 0, 0)
+
+
+def test_augmentation_errors_are_not_counted_as_bad_files() -> None:
+    """Only read errors are skipped: a bug in a transform must stop the run, not be logged as a bad image."""
+    from pathway.data import SkippingDataset
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return 1
+
+        def __getitem__(self, index: int):
+            raise ValueError("bits must be between or equal to 1 and 8")
+
+    dataset = SkippingDataset(Broken(), lambda i: f"item {i}", on_bad_file="skip")
+    with pytest.raises(ValueError, match="bits must be"):
+        dataset[0]
+    assert dataset.skipped == 0

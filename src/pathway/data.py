@@ -14,20 +14,31 @@ log = logging.getLogger(__name__)
 
 
 class BadSampleError(RuntimeError):
-    """A sample file that cannot be decoded; the message names the file."""
+    """A sample file that cannot be read or decoded; the message names the file.
+
+    Modality readers raise (subclasses of) this for bad files, so that ``SkippingDataset`` can skip exactly those
+    and let every other exception, e.g. a bug in an augmentation, stop the run instead of being counted as a bad file.
+    """
 
 
 class SkippingDataset(Dataset):
-    """Wraps a dataset whose ``__getitem__`` may raise on a bad file.
+    """Wraps a dataset whose ``__getitem__`` may raise one of ``read_errors`` on a bad file.
 
     With ``on_bad_file='skip'`` the failure is logged with its path, counted (a counter shared with the
     DataLoader workers) and the item becomes ``None``, which ``collate_skipping_none`` drops; with ``'error'``
     it raises a ``BadSampleError`` naming the file.
     """
 
-    def __init__(self, dataset: Dataset, describe: Callable[[int], str], on_bad_file: str = "skip") -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        describe: Callable[[int], str],
+        on_bad_file: str = "skip",
+        read_errors: tuple[type[BaseException], ...] = (BadSampleError, OSError),
+    ) -> None:
         if on_bad_file not in ("skip", "error"):
             raise ValueError(f"on_bad_file must be 'skip' or 'error', got {on_bad_file!r}")
+        self.read_errors = read_errors
         self.dataset = dataset
         self.describe = describe
         self.on_bad_file = on_bad_file
@@ -43,7 +54,7 @@ class SkippingDataset(Dataset):
     def __getitem__(self, index: int) -> Optional[Any]:
         try:
             return self.dataset[index]
-        except Exception as err:
+        except self.read_errors as err:
             if self.on_bad_file == "error":
                 raise BadSampleError(f"{self.describe(index)}: cannot be read ({err})") from err
             with self._skipped.get_lock():

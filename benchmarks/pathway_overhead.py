@@ -1,0 +1,189 @@
+"""Training-step cost of the pathway against plain fine-tuning of the same model on the same batch.
+
+One forward + backward + AdamW step per iteration (fp32 on CPU, bf16-mixed on CUDA).  Variants: plain fine-tune
+(the baseline), pathway with one frozen aux, one trainable aux, two frozen aux; and, for one frozen aux, two other
+ways of computing the layer, kept here only for comparison:
+
+* ``W_eff saved`` - ``F.linear(x, W + Σλ W_aux)`` under plain autograd (the library's formulation before this
+  benchmark): autograd keeps the summed weight of every layer alive until backward.
+* ``x·W_auxᵀ branch`` - ``x Wᵀ + Σ λ (x W_auxᵀ)``: no summed weight at all, but one more matmul per aux.
+
+Targets: frozen-aux step time ≤ 1.10x plain; peak memory above plain ≤ the aux weights themselves.
+
+    .venv/bin/python benchmarks/pathway_overhead.py                 # tiny + ViT-B
+    .venv/bin/python benchmarks/pathway_overhead.py --quick         # tiny only, seconds
+"""
+from __future__ import annotations
+
+import os
+
+# Set before torch loads libgomp: spinning OpenMP threads on a CPU shared with other work run up to ~80x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench_utils import (
+    MODELS, autocast_for, build_vit, describe_machine, interleaved_timing, mib, peak_memory, pick_device,
+    precision_name, print_table, ratio_to, tensor_bytes,
+)
+from pathway import PathwayLinear, pathway_layers, reparameterize_aux_into_target_model, set_lambdas
+
+
+class SavedSumPathwayLinear(PathwayLinear):
+    """``F.linear(x, W + Σλ W_aux)`` through plain autograd, which saves the summed weight for backward."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.effective_weight()
+        bias = self.bias
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            weight = weight.to(x.dtype)
+            bias = bias.to(x.dtype) if bias is not None else None
+        return F.linear(x, weight, bias)
+
+
+class BranchPathwayLinear(PathwayLinear):
+    """``x Wᵀ + b + Σ λ_i (x W_aux_iᵀ)``: no weight-sized temporaries, one extra matmul per aux."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        lambdas = self.lambdas - self.merged_lambdas if self.is_merged else self.lambdas
+        out = F.linear(x, self.weight, self.bias)
+        for i, aux in enumerate(self.aux_weights()):
+            branch = F.linear(x, aux)
+            out = out + lambdas[i].to(branch.dtype) * branch
+        return out
+
+
+FORMULATIONS: dict[str, Optional[type[PathwayLinear]]] = {
+    "library": None, "W_eff saved": SavedSumPathwayLinear, "x·W_auxᵀ branch": BranchPathwayLinear,
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    num_aux: int = 0
+    aux_trainable: bool = False
+    formulation: str = "library"
+
+
+VARIANTS = (
+    Variant("plain fine-tune"),
+    Variant("pathway 1 aux frozen", 1),
+    Variant("pathway 1 aux frozen [W_eff saved, before]", 1, formulation="W_eff saved"),
+    Variant("pathway 1 aux frozen [x·W_auxᵀ branch]", 1, formulation="x·W_auxᵀ branch"),
+    Variant("pathway 1 aux trainable", 1, aux_trainable=True),
+    Variant("pathway 2 aux frozen", 2),
+)
+
+
+def build_variant(model: str, variant: Variant, device: torch.device) -> nn.Module:
+    """The target (same init for every variant), with the variant's pathway; λ ≠ 0 so every term is live."""
+    target = build_vit(model, seed=0, device=device)
+    if variant.num_aux:
+        auxes = [build_vit(model, seed=1 + i, device=device).state_dict() for i in range(variant.num_aux)]
+        reparameterize_aux_into_target_model(target, auxes, aux_trainable=variant.aux_trainable)
+        del auxes
+        set_lambdas(target, 0.05)
+        layer_class = FORMULATIONS[variant.formulation]
+        if layer_class is not None:
+            for _, layer in pathway_layers(target):
+                layer.__class__ = layer_class
+    return target.train()
+
+
+def aux_bytes(model: nn.Module) -> int:
+    return tensor_bytes([w for _, layer in pathway_layers(model) for w in layer.aux_weights()])
+
+
+def make_step(model: nn.Module, batch: int, device: torch.device) -> Callable[[], None]:
+    """One optimisation step on a fixed random batch: what a training loop costs, without the loader."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05)
+    size = model.patch_embed.img_size
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, 3, *size, generator=generator).to(device)
+    y = torch.randint(0, 10, (batch,), generator=generator).to(device)
+    autocast = autocast_for(device)
+
+    def step() -> None:
+        with autocast():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure_memory(model_name: str, batch: int, device: torch.device) -> dict[str, tuple[int, int]]:
+    """Per variant: (peak bytes of building the model and running 3 steps, aux weight bytes)."""
+    def work(variant: Variant) -> Callable[[], int]:
+        def build_and_step() -> int:
+            model = build_variant(model_name, variant, device)
+            step = make_step(model, batch, device)
+            for _ in range(3):
+                step()
+            return aux_bytes(model)
+        return build_and_step
+
+    return {v.label: peak_memory(work(v), device) for v in VARIANTS}
+
+
+def run(model_name: str, batch: int, memory: dict[str, tuple[int, int]], rounds: int, iters: int,
+        device: torch.device) -> None:
+    models = {v.label: build_variant(model_name, v, device) for v in VARIANTS}
+    runners = {label: make_step(m, batch, device) for label, m in models.items()}
+    timings = interleaved_timing(runners, rounds=rounds, iters_per_round=iters, device=device)
+    plain = timings[VARIANTS[0].label]
+    base_peak = memory[VARIANTS[0].label][0]
+    rows = []
+    for variant in VARIANTS:
+        t = timings[variant.label]
+        peak, aux = memory[variant.label]
+        ratio, spread = ratio_to(plain, t)
+        median_s = sorted(t.seconds)[len(t.seconds) // 2]
+        extra = peak - base_peak
+        rows.append([
+            variant.label, f"{1 / median_s:.3f}", f"{batch / median_s:.1f}", f"{ratio:.3f} ± {spread:.3f}",
+            f"{mib(peak):.0f}", f"{mib(extra):+.0f}", f"{mib(aux):.0f}", f"{extra / aux:.2f}" if aux else "-",
+        ])
+    spec = MODELS[model_name]
+    print_table(
+        f"{model_name} ({spec['name']} {spec['kwargs'] or ''}, {spec['img_size']}px), batch {batch}, "
+        f"{precision_name(device)}, {describe_machine(device)}; {rounds} rounds x {iters} steps",
+        ["variant", "steps/s", "samples/s", "time vs plain (median ± IQR/2)", "peak MiB", "Δ peak vs plain MiB",
+         "aux MiB", "Δ / aux"],
+        rows,
+    )
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "vitb"])
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help="batch size per model (default: CPU tiny 64, ViT-B 4; CUDA tiny 256, ViT-B 64)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each variant once per round)")
+    parser.add_argument("--iters", type=int, default=2, help="steps per variant per round")
+    parser.add_argument("--quick", action="store_true", help="tiny model, small batch, 3 rounds: a smoke run")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    if args.quick:
+        args.models, args.batch, args.rounds, args.iters = ["tiny"], [16], 3, 2
+    defaults = {"tiny": 256 if device.type == "cuda" else 64, "vitb": 64 if device.type == "cuda" else 4}
+    batches = args.batch or [defaults[m] for m in args.models]
+    if len(batches) != len(args.models):
+        parser.error("--batch needs one size per model")
+    memory = {m: measure_memory(m, b, device) for m, b in zip(args.models, batches)}  # before any timing
+    for model_name, batch in zip(args.models, batches):
+        run(model_name, batch, memory[model_name], args.rounds, args.iters, device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The two benchmark scripts that guard library claims still run (``--quick``: tiny model, a few steps).
+
+No timing is asserted (benchmarks are not tests); only that each script finishes and prints its table with every
+variant, so a broken benchmark is noticed before someone needs its numbers.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_quick(script: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True, timeout=120, check=False,
+        cwd=BENCHMARKS.parent,
+    )
+    assert result.returncode == 0, f"{script} --quick failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+@pytest.mark.parametrize(
+    ("script", "rows"),
+    [
+        ("pathway_overhead.py", ["plain fine-tune", "pathway 1 aux frozen", "pathway 1 aux trainable",
+                                 "pathway 2 aux frozen", "[W_eff saved, before]", "[x·W_auxᵀ branch]"]),
+        ("zero_cost_inference.py", ["plain timm ViT (baseline)", "fused pathway model", "unmerged pathway model"]),
+    ],
+)
+def test_quick_run_prints_its_table(script: str, rows: list[str]) -> None:
+    out = run_quick(script)
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert table, f"{script} printed no table:\n{out}"
+    for row in rows:
+        assert any(row in line for line in table[1:]), f"{script}: no table row for '{row}':\n{out}"
