@@ -324,3 +324,27 @@ def test_set_lambdas_and_subset_of_layers(tiny_input: torch.Tensor) -> None:
     plain.load_state_dict(plain_state_dict(model), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(plain.eval()(tiny_input), model(tiny_input), atol=ATOL, rtol=0)
+
+
+def test_merged_vit_base_loads_strictly_into_plain_timm_vit_base() -> None:
+    """The literal deployment claim, at full size: a ViT-B/16 with a ViT-B aux folds into `vit_base_patch16_224`."""
+    import timm
+
+    from pathway import fuse_pathway, plain_state_dict, reparameterize_aux_into_target_model, set_lambdas
+
+    torch.manual_seed(0)
+    target = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10).eval()
+    aux = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=3).state_dict()
+    reparameterize_aux_into_target_model(target, aux)
+    set_lambdas(target, 0.1)
+    x = torch.randn(1, 3, 224, 224)
+    plain = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=10).eval()
+    plain.load_state_dict(plain_state_dict(target), strict=True)
+    with torch.no_grad():
+        expected = target(x)
+        torch.testing.assert_close(plain(x), expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(fuse_pathway(target)(x), expected, atol=1e-4, rtol=1e-4)
+    target_params = {n: p.numel() for n, p in target.named_parameters()}
+    lambdas = sum(v for n, v in target_params.items() if n.endswith("lambdas"))
+    assert lambdas == 12 * 4  # one λ per layer, aux weights are buffers
+    assert sum(p.numel() for p in plain.parameters()) == sum(target_params.values()) - lambdas
