@@ -5,8 +5,9 @@
    its weights are the auxiliary model.
 3. The same tiny image ViT (same seed, same init) is fine-tuned twice from one config: without the pathway
    (baseline) and with the pathway from the audio ViT.
-4. The pathway model is merged into a plain timm ViT, exported, reloaded strictly and re-tested: the merged
-   model must score exactly what the pathway model scored.
+4. The pathway model's last checkpoint is merged and exported (``pathway.export``: safetensors + torch.export,
+   each verified), the safetensors are loaded strictly into a plain timm ViT and re-tested: the merged model must
+   score exactly what the pathway model scored.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from Audio.model import AudioClassifier
 from Image.datamodule import ImageDataModule
 from Image.digits import make_digits_imagefolder
 from Image.model import ImageClassifier
-from pathway.callbacks import MergedCheckpoint
 from pathway.cli import run_cli
+from pathway.export import export_checkpoint
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 AUDIO_CONFIGS = Path(__file__).resolve().parent.parent / "Audio" / "configs"
@@ -37,11 +38,6 @@ def _fit_and_test(cli_args: list[str], model_class: type, datamodule_class: type
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     return metrics, cli
-
-
-def _merged_path(cli) -> Path:
-    callback = next(c for c in cli.trainer.callbacks if isinstance(c, MergedCheckpoint))
-    return callback.last_path
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,14 +75,15 @@ def main(argv: list[str] | None = None) -> dict:
     print("[3/4] fine-tuning the same image ViT with the pathway from the audio ViT", flush=True)
     path_metrics, path_cli = _fit_and_test(image_args + [
         "--model.aux_ckpts", f"[{aux_path}]", "--trainer.default_root_dir", str(out / "runs" / "image_pathway"),
-        "--merged_export.dirpath", str(out / "export"),
     ], ImageClassifier, ImageDataModule, monitor="val/acc1")
 
-    print("[4/4] merging, exporting and re-testing the merged plain ViT", flush=True)
+    print("[4/4] merging and exporting the pathway model (safetensors + torch.export), re-testing it", flush=True)
+    export_dir = out / "export"
+    sidecar = export_checkpoint(path_cli.trainer.checkpoint_callback.last_model_path, export_dir)
     hp = path_cli.model.hparams
     plain = timm.create_model(hp.model_name, pretrained=False, num_classes=hp.num_classes, img_size=hp.img_size,
                               global_pool=hp.global_pool, **(hp.model_kwargs or {}))
-    plain.load_state_dict(load_file(str(_merged_path(path_cli))), strict=True)
+    plain.load_state_dict(load_file(str(export_dir / sidecar["files"]["safetensors"])), strict=True)
     init_args = {k: v for k, v in hp.items() if not k.startswith("_")}
     merged_model = ImageClassifier(**{**init_args, "aux_ckpts": [], "target_ckpt": None})
     merged_model.backbone = plain
@@ -99,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         "image pathway test acc1": path_metrics["test/acc1"],
         "image merged test acc1": merged_metrics["test/acc1"],
         "mean |lambda|": float(lambdas.mean()),
-        "merged export": str(_merged_path(path_cli)),
+        "export": ", ".join(str(export_dir / name) for name in sidecar["files"].values()),
         "seconds": round(time.time() - start, 1),
     }
     print("\nMultimodal Pathway demo (digits images <- synthetic-sound ViT)")
