@@ -132,9 +132,9 @@ class PointSegmenter(PathwayModule):
     def loss(self, logits: Tensor, parts: Tensor, smoothing: float = 0.0) -> Tensor:
         return F.cross_entropy(logits.float().flatten(0, 1), parts.flatten(), label_smoothing=smoothing)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Optional[Tensor]:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         if batch is None:  # every sample of the batch was unreadable and skipped
-            return None
+            return self.skipped_batch_loss()
         points, category, parts = batch
         return self.log_train_loss(self.loss(self(points, category), parts, self.hparams.label_smoothing),
                                    points.shape[0])

@@ -335,3 +335,12 @@ def test_ema_callback_averages_a_pathway_model(digits_root: Path, aux_ckpt: Path
     assert not torch.equal(layer.lambdas.detach(), last.value)  # an average, not the last step's λ
     assert layer.lambdas.abs().max() > 0
     assert torch.equal(layer.aux_weight_0, aux_before)  # frozen aux untouched by averaging
+
+
+def test_all_bad_batch_is_a_zero_step_not_a_skipped_one() -> None:
+    """A batch with no readable sample gives a zero loss that reaches every trainable parameter (DDP-safe)."""
+    model = _model([])
+    loss = model.training_step(None, 0)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)

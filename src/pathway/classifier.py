@@ -78,9 +78,9 @@ class PathwayClassifier(PathwayModule):
     def scores(self, logits: Tensor) -> Tensor:
         return torch.sigmoid(logits.float()) if self.hparams.multilabel else logits.float().softmax(-1)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Optional[Tensor]:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         if batch is None:  # every sample of the batch was unreadable and skipped
-            return None
+            return self.skipped_batch_loss()
         x, y = batch[0], batch[1]
         if self.mixup is not None:
             x, y = self.mixup(x, y)

@@ -127,6 +127,14 @@ class PathwayModule(L.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.backbone(x)
 
+    def skipped_batch_loss(self) -> Tensor:
+        """A zero loss for a batch whose samples were all unreadable.
+
+        Returning ``None`` would skip the step on this rank only, and DDP's gradient all-reduce on the other ranks
+        would then wait forever; a zero that touches every trainable parameter keeps all ranks in step.
+        """
+        return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
+
     def log_train_loss(self, loss: Tensor, batch_size: int) -> Tensor:
         """Fail fast on a non-finite loss (naming the step) instead of training on NaNs, and log it."""
         if not torch.isfinite(loss):
