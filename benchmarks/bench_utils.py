@@ -5,6 +5,7 @@ drift hit both sides alike; timed loops interleave the variants round by round f
 """
 from __future__ import annotations
 
+import argparse
 import ctypes
 import gc
 import json
@@ -15,7 +16,7 @@ import sys
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import timm
 import torch
@@ -36,6 +37,30 @@ def build_vit(model: str, num_classes: int = 10, seed: int = 0, device: torch.de
     vit = timm.create_model(spec["name"], pretrained=False, num_classes=num_classes, img_size=spec["img_size"],
                             drop_path_rate=0.0, **spec["kwargs"])
     return vit.to(device)
+
+
+def model_benchmark_args(
+    doc: str, rounds: int, iters: int, cpu_batches: dict[str, int], cuda_batches: dict[str, int],
+    argv: Optional[list[str]] = None,
+) -> tuple[argparse.Namespace, torch.device, list[int]]:
+    """The command line the tiny/ViT-B timing benchmarks share: (args, device, one batch size per model)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "vitb"])
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    parser.add_argument("--batch", type=int, nargs="+", default=None,
+                        help=f"batch size per model (default: CPU {cpu_batches}, CUDA {cuda_batches})")
+    parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds (each variant once per round)")
+    parser.add_argument("--iters", type=int, default=iters, help="repetitions per variant per round")
+    parser.add_argument("--quick", action="store_true", help="tiny model, small batch, 3 rounds: a smoke run")
+    args = parser.parse_args(argv)
+    device = pick_device(args.device)
+    if args.quick:
+        args.models, args.batch, args.rounds, args.iters = ["tiny"], [16], 3, 2
+    defaults = cuda_batches if device.type == "cuda" else cpu_batches
+    batches = args.batch or [defaults[m] for m in args.models]
+    if len(batches) != len(args.models):
+        parser.error("--batch needs one size per model")
+    return args, device, batches
 
 
 def pick_device(requested: str = "auto") -> torch.device:

@@ -20,7 +20,6 @@ import os
 # Set before torch loads libgomp: spinning OpenMP threads on a CPU shared with other work run up to ~80x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -29,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench_utils import (
-    MODELS, autocast_for, build_vit, describe_machine, interleaved_timing, mib, peak_memory, pick_device,
-    precision_name, print_table, ratio_to, tensor_bytes,
+    MODELS, autocast_for, build_vit, describe_machine, interleaved_timing, mib, model_benchmark_args,
+    peak_memory, precision_name, print_table, ratio_to, tensor_bytes,
 )
 from pathway import PathwayLinear, pathway_layers, reparameterize_aux_into_target_model, set_lambdas
 
@@ -164,22 +163,9 @@ def run(model_name: str, batch: int, memory: dict[str, tuple[int, int]], rounds:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "vitb"])
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
-    parser.add_argument("--batch", type=int, nargs="+", default=None,
-                        help="batch size per model (default: CPU tiny 64, ViT-B 4; CUDA tiny 256, ViT-B 64)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (each variant once per round)")
-    parser.add_argument("--iters", type=int, default=2, help="steps per variant per round")
-    parser.add_argument("--quick", action="store_true", help="tiny model, small batch, 3 rounds: a smoke run")
-    args = parser.parse_args(argv)
-    device = pick_device(args.device)
-    if args.quick:
-        args.models, args.batch, args.rounds, args.iters = ["tiny"], [16], 3, 2
-    defaults = {"tiny": 256 if device.type == "cuda" else 64, "vitb": 64 if device.type == "cuda" else 4}
-    batches = args.batch or [defaults[m] for m in args.models]
-    if len(batches) != len(args.models):
-        parser.error("--batch needs one size per model")
+    args, device, batches = model_benchmark_args(
+        __doc__, 5, 2, cpu_batches={"tiny": 64, "vitb": 4}, cuda_batches={"tiny": 256, "vitb": 64}, argv=argv
+    )
     memory = {m: measure_memory(m, b, device) for m, b in zip(args.models, batches)}  # before any timing
     for model_name, batch in zip(args.models, batches):
         run(model_name, batch, memory[model_name], args.rounds, args.iters, device)

@@ -15,15 +15,14 @@ import os
 # Set before torch loads libgomp: spinning OpenMP threads on a CPU shared with other work run up to ~80x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import argparse
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
 from bench_utils import (
-    MODELS, autocast_for, build_vit, describe_machine, interleaved_timing, pick_device, precision_name,
-    print_table, ratio_to,
+    MODELS, autocast_for, build_vit, describe_machine, interleaved_timing, model_benchmark_args,
+    precision_name, print_table, ratio_to,
 )
 from pathway import PathwayLinear, fuse_pathway, pathway_layers, reparameterize_aux_into_target_model
 
@@ -88,22 +87,9 @@ def run(model_name: str, batch: int, rounds: int, iters: int, device: torch.devi
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "vitb"])
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
-    parser.add_argument("--batch", type=int, nargs="+", default=None,
-                        help="batch size per model (default: CPU tiny 64, ViT-B 4; CUDA tiny 1024, ViT-B 256)")
-    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds (each model once per round)")
-    parser.add_argument("--iters", type=int, default=3, help="forward passes per model per round")
-    parser.add_argument("--quick", action="store_true", help="tiny model, small batch, 3 rounds: a smoke run")
-    args = parser.parse_args(argv)
-    device = pick_device(args.device)
-    if args.quick:
-        args.models, args.batch, args.rounds, args.iters = ["tiny"], [16], 3, 2
-    defaults = {"tiny": 1024 if device.type == "cuda" else 64, "vitb": 256 if device.type == "cuda" else 4}
-    batches = args.batch or [defaults[m] for m in args.models]
-    if len(batches) != len(args.models):
-        parser.error("--batch needs one size per model")
+    args, device, batches = model_benchmark_args(
+        __doc__, 9, 3, cpu_batches={"tiny": 64, "vitb": 4}, cuda_batches={"tiny": 1024, "vitb": 256}, argv=argv
+    )
     for model_name, batch in zip(args.models, batches):
         run(model_name, batch, args.rounds, args.iters, device)
 
