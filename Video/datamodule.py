@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import logging
-import random
 from pathlib import Path
 from typing import Literal, Optional
 
-import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from pathway.data import SkippingDataset, SplitDataModule
@@ -18,13 +15,6 @@ from Video.decoding import Backend, resolve_backend
 from Video.transforms import TrainClipTransform
 
 log = logging.getLogger(__name__)
-
-
-def seed_numpy_worker(worker_id: int) -> None:
-    """Give each DataLoader worker its own NumPy seed: timm's RandAugment draws ops from NumPy, which PyTorch
-    does not reseed per worker, so without this every worker would augment identically."""
-    np.random.seed(torch.initial_seed() % 2**32)
-    random.seed(torch.initial_seed())
 
 
 class VideoDataModule(SplitDataModule):
@@ -132,5 +122,4 @@ class VideoDataModule(SplitDataModule):
 
     def loader_kwargs(self, train: bool) -> dict:
         hp = self.hparams
-        return {"batch_size": hp.batch_size if train else (hp.eval_batch_size or hp.batch_size),
-                "worker_init_fn": seed_numpy_worker}
+        return {"batch_size": hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)}

@@ -344,3 +344,27 @@ def test_all_bad_batch_is_a_zero_step_not_a_skipped_one() -> None:
     assert loss.item() == 0.0
     loss.backward()
     assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)
+
+
+def test_dataloader_workers_get_distinct_numpy_streams(tmp_path: Path) -> None:
+    """NumPy-based augmentations (RandAugment, audio mixup/roll) differ between workers: PyTorch seeds NumPy and
+    ``random`` per worker itself, so no worker_init_fn is needed (Video had a redundant one)."""
+    from torch.utils.data import Dataset
+
+    from pathway.data import SplitDataModule
+
+    class Draws(Dataset):
+        def __len__(self) -> int:
+            return 4
+
+        def __getitem__(self, index: int) -> torch.Tensor:
+            return torch.tensor(np.random.rand())
+
+    class Data(SplitDataModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"batch_size": 1, "num_workers": 2, "pin_memory": False})
+            self.val_set = Draws()
+
+    draws = [float(x) for x in Data().val_dataloader()]  # items 0, 2 from worker 0; 1, 3 from worker 1
+    assert draws[0] != draws[1] and draws[2] != draws[3]
