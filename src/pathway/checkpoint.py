@@ -1,14 +1,19 @@
 """Reading target/aux checkpoints in the formats people actually have, and loading them with clear errors.
 
-Released M2PT checkpoints are pickled timm modules, MAE/VideoMAE/AudioMAE ones nest their weights under
+Released M2PT checkpoints are pickled modules, MAE/VideoMAE/AudioMAE ones nest their weights under
 'model'/'module', Lightning ones under 'state_dict' with the LightningModule's attribute prefix.  All end up
-as one flat ``{name: tensor}`` dict with the usual wrapper prefixes stripped.
+as one flat ``{name: tensor}`` dict with the usual wrapper prefixes stripped, and with any pathway still in it
+(ours or the reference code's) folded into the plain weights: a pathway dropped on loading would silently
+compute another function.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pickle
+import re
+import types
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -26,6 +31,46 @@ PathLike = Union[str, os.PathLike]
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not fit the model; the message names the file."""
+
+
+def file_sha256(path: PathLike) -> str:
+    """Content hash recorded for auxiliary files, so a resumed or exported run can tell it got the same weights."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _MissingClass(Exception):
+    def __init__(self, qualname: str) -> None:
+        super().__init__(qualname)
+        self.qualname = qualname
+
+
+class _ClassNamingUnpickler(pickle.Unpickler):
+    """Reports which class a pickled module needs, and finds timm layers pickled before timm moved them.
+
+    timm < 0.9 pickles name ``timm.models.layers.<file>.<Class>``; timm 1.x keeps those classes in
+    ``timm.layers.<file>``.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError) as err:
+            if module.startswith("timm.models.layers."):
+                try:
+                    return super().find_class("timm.layers." + module[len("timm.models.layers."):], name)
+                except (ImportError, AttributeError):
+                    pass
+            raise _MissingClass(f"{module}.{name}") from err
+
+
+_NAMING_PICKLE = types.SimpleNamespace(
+    __name__="pickle", Unpickler=_ClassNamingUnpickler,
+    load=lambda fh, **kwargs: _ClassNamingUnpickler(fh, **kwargs).load(),
+)
 
 
 def _unwrap(obj: Any, path: PathLike) -> Mapping[str, Tensor]:
@@ -78,7 +123,17 @@ def load_state_dict(path: PathLike, trust_pickle: bool = False) -> dict[str, Ten
         except Exception as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        if trust_pickle:
+            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_NAMING_PICKLE)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except _MissingClass as err:
+        raise CheckpointError(
+            f"{path}: is a pickled object that needs the class '{err.qualname}', which cannot be imported here. "
+            f"Put the code that defines it on PYTHONPATH (e.g. the repository the file was trained with), or, where "
+            f"it loads, re-save only the weights: torch.save(torch.load(f, weights_only=False).state_dict(), "
+            f"'weights.pth'), and use that file"
+        ) from err
     except pickle.UnpicklingError as err:
         if trust_pickle:
             raise CheckpointError(f"{path}: cannot unpickle ({err})") from err
@@ -89,11 +144,121 @@ def load_state_dict(path: PathLike, trust_pickle: bool = False) -> dict[str, Ten
     except Exception as err:  # a corrupt/foreign file fails anywhere inside the unpickler (IndexError, KeyError ...)
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
     state = _unwrap(obj, path)
+    aux_files = None
     if isinstance(obj, Mapping) and "pytorch-lightning_version" in obj:
         # A LightningModule checkpoint also holds metrics/EMA state: the model is what lives under `backbone.`.
         backbone = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
         state = backbone or state
-    return strip_prefixes(state)
+        aux_files = obj.get("pathway_aux_sha256") or (obj.get("hyper_parameters") or {}).get("aux_ckpts")
+    return fold_pathway_state_dict(strip_prefixes(state), source=str(path), aux_files=aux_files)
+
+
+_LAMBDA_SUFFIXES = {".lambdas": "aux_weight_{}", ".cross_modal_scale": "aux_weight"}
+_PATHWAY_LEFTOVER = re.compile(r"\.(aux_weight(_\d+)?|merged|merged_lambdas)$")
+
+
+def fold_pathway_state_dict(
+    state_dict: Mapping[str, Tensor], source: str = "<state dict>", aux_files: Optional[Any] = None
+) -> dict[str, Tensor]:
+    """``state_dict`` with every pathway folded into its layer: ``W ← W + Σ λ_i·W_aux_i``, accumulated in fp32.
+
+    Reads our keys (``<layer>.lambdas`` + ``<layer>.aux_weight_<i>``) and the reference code's
+    (``<layer>.cross_modal_scale`` + ``<layer>.aux_weight``).  A λ whose aux weight is not in the file (a Lightning
+    checkpoint that stores its frozen aux models by reference, ``aux_files`` names them) is an error, never a
+    silent drop.  Pre-merged checkpoints (``merged``/``merged_lambdas`` buffers) fold only the part not yet in ``W``.
+    """
+    state = dict(state_dict)
+    folded = []
+    for key in list(state):
+        suffix = next((s for s in _LAMBDA_SUFFIXES if key.endswith(s)), None)
+        if suffix is None:
+            continue
+        layer = key[: -len(suffix)]
+        lambdas = state.pop(key).detach().float().reshape(-1)
+        aux_keys = [f"{layer}.{_LAMBDA_SUFFIXES[suffix].format(i)}" for i in range(len(lambdas))]
+        if suffix == ".cross_modal_scale" and len(lambdas) != 1:
+            raise CheckpointError(f"{source}: '{key}' holds {len(lambdas)} values, the reference code has one")
+        missing = [k for k in aux_keys if k not in state]
+        if f"{layer}.weight" not in state:
+            missing.insert(0, f"{layer}.weight")
+        if missing:
+            raise CheckpointError(_unfoldable_message(source, layer, lambdas, missing, aux_files))
+        merged, merged_lambdas = state.pop(f"{layer}.merged", None), state.pop(f"{layer}.merged_lambdas", None)
+        if merged is not None and bool(merged) and merged_lambdas is not None:
+            lambdas = lambdas - merged_lambdas.float().reshape(-1)
+        weight = state[f"{layer}.weight"]
+        total = weight.detach().float()
+        for lam, aux_key in zip(lambdas, aux_keys):
+            aux = state.pop(aux_key)
+            if tuple(aux.shape) != tuple(weight.shape):
+                raise CheckpointError(
+                    f"{source}: '{aux_key}' has shape {tuple(aux.shape)}, its layer's weight {tuple(weight.shape)}"
+                )
+            total = total + lam * aux.detach().float()
+        if not torch.isfinite(total).all():
+            raise CheckpointError(f"{source}: folding λ·W_aux into '{layer}.weight' gives non-finite values")
+        state[f"{layer}.weight"] = total.to(weight.dtype)
+        folded.append(layer)
+    leftover = [k for k in state if _PATHWAY_LEFTOVER.search(k)]
+    if leftover:
+        raise CheckpointError(
+            f"{source}: pathway keys without a λ ('lambdas' or 'cross_modal_scale') next to them: {leftover[:5]}; "
+            f"cannot tell how much of each auxiliary weight to fold in"
+        )
+    if folded:
+        log.info("%s: folded λ·W_aux of %d pathway layers into their weights (e.g. %s)", source, len(folded), folded[0])
+    return state
+
+
+def _unfoldable_message(source: str, layer: str, lambdas: Tensor, missing: list[str], aux_files: Any) -> str:
+    message = (
+        f"{source}: pathway layer '{layer}' has λ = {[round(v, 6) for v in lambdas.tolist()]} but the file lacks "
+        f"{missing}, so it cannot be folded to the function it was trained as."
+    )
+    if isinstance(aux_files, Mapping) and aux_files:
+        recorded = ", ".join(f"{p} (sha256 {str(d)[:12]}…)" for p, d in aux_files.items())
+        message += f" The checkpoint stores its frozen auxiliary models by reference: {recorded}."
+    elif aux_files:
+        message += f" It was trained with auxiliary models {list(aux_files)}, not stored in it."
+    return message + (
+        f" Fold it into a plain model first: `python -m pathway export {source} --out <dir>` writes "
+        f"<dir>/model.safetensors (a training run's `merged.safetensors` is the same), and use that file"
+    )
+
+
+# Where each known format keeps its encoder blocks (decoders are never aux): timm/MAE/AudioMAE/our exports and
+# Lightning checkpoints, VideoMAE pre-training, Point-MAE fine-tuning, Point-MAE pre-training.
+AUX_BLOCK_LAYOUTS: tuple[str, ...] = ("blocks.", "encoder.blocks.", "blocks.blocks.", "MAE_encoder.blocks.blocks.")
+
+
+def _block_list_prefix(state: Mapping[str, Tensor], main_body_name: str, source: str) -> str:
+    """The one prefix under which ``state`` keeps its (encoder) transformer blocks as ``<prefix><i>.``."""
+    layouts = list(dict.fromkeys((main_body_name + ".",) + AUX_BLOCK_LAYOUTS))
+    with_blocks = [p for p in layouts
+                   if any(k.startswith(p) and k[len(p):].split(".", 1)[0].isdigit() for k in state)]
+    if len(with_blocks) == 1:
+        return with_blocks[0]
+    if not with_blocks:
+        raise CheckpointError(
+            f"{source}: no transformer blocks found as an auxiliary model: expected keys '<prefix><i>.<layer>.weight' "
+            f"with a prefix of {layouts}; first keys are {list(state)[:5]}"
+        )
+    raise CheckpointError(f"{source}: blocks found under several prefixes {with_blocks}; which are the encoder's?")
+
+
+def aux_state_dict(
+    state_dict: Mapping[str, Tensor], main_body_name: str = "blocks", source: str = "<state dict>"
+) -> dict[str, Tensor]:
+    """An auxiliary model's block weights as ``<main_body_name>.<i>.<rest>``, whatever format the file is in.
+
+    The pathway only reads the blocks, so an aux checkpoint is converted by its own layout, not by the target
+    modality's converter (a VideoMAE aux for an image target must lose its ``encoder.`` prefix, not be read as
+    an image checkpoint).  Any pathway still in it is folded first.
+    """
+    state = fold_pathway_state_dict(state_dict, source=source)
+    prefix = _block_list_prefix(state, main_body_name, source)
+    return {f"{main_body_name}.{k[len(prefix):]}": v for k, v in state.items()
+            if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit()}
 
 
 def _resize_pos_embed(value: Tensor, target: Tensor, num_prefix_tokens: int) -> Tensor:
