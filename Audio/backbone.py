@@ -91,20 +91,17 @@ def build_audio_vit(
     return model
 
 
-def convert_audiomae_state_dict(
-    state: Mapping[str, Tensor], model: VisionTransformer, source: str = ""
-) -> dict[str, Tensor]:
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
     """An AudioMAE (pre-training or fine-tuned) state dict -> one that loads into ``model``.
 
     Drops the decoder and mask token; drops the final ``norm`` when the checkpoint has no ``fc_norm`` and the
     model pools through ``fc_norm`` (the AudioMAE fine-tuning convention: ``fc_norm`` starts fresh); sums RGB
     patch-embedding filters into one channel; interpolates the position embedding along time when
     ``target_length`` differs.  A position embedding that is not on a ``(time, mel)`` grid of the model's mel
-    width (an image ViT used as auxiliary model: the pathway reads only its blocks) is passed on unchanged, and
-    ``pathway.checkpoint.load_weights`` decides whether it fits.  A head of another class count is left to the
-    base class (``PathwayModule.load_target`` skips it).
+    width (an image ViT) is passed on unchanged, and ``pathway.checkpoint.load_weights`` decides whether it fits.
+    A head of another class count is left to the base class (``PathwayModule.load_target`` skips it).
     """
-    out = {k: v for k, v in state.items() if not k.startswith(AUDIOMAE_DROP_PREFIXES)}
+    out = {k: v for k, v in state_dict.items() if not k.startswith(AUDIOMAE_DROP_PREFIXES)}
     own = model.state_dict()
     if "fc_norm.weight" not in out and "fc_norm.weight" in own and "norm.weight" not in own:
         out = {k: v for k, v in out.items() if not k.startswith("norm.")}
@@ -113,7 +110,7 @@ def convert_audiomae_state_dict(
         out["patch_embed.proj.weight"] = proj.sum(dim=1, keepdim=True)
     pos = out.get("pos_embed")
     if pos is not None and pos.shape != own["pos_embed"].shape and _on_mel_grid(pos, model):
-        out["pos_embed"] = _resize_time_pos_embed(pos, model, source)
+        out["pos_embed"] = _resize_time_pos_embed(pos, model)
     return out
 
 
@@ -125,9 +122,9 @@ def _on_mel_grid(pos: Tensor, model: VisionTransformer) -> bool:
     return pos.shape[-1] == model.embed_dim and patch_tokens > 0 and patch_tokens % cols == 0
 
 
-def _resize_time_pos_embed(pos: Tensor, model: VisionTransformer, source: str) -> Tensor:
+def _resize_time_pos_embed(pos: Tensor, model: VisionTransformer) -> Tensor:
     prefix = model.num_prefix_tokens
     rows, cols = model.patch_embed.grid_size
     old = ((pos.shape[1] - prefix) // cols, cols)
-    log.info("%s: interpolating pos_embed from a %s to a %s patch grid", source, old, (rows, cols))
+    log.info("interpolating the checkpoint's pos_embed from a %s to a %s patch grid", old, (rows, cols))
     return resample_abs_pos_embed(pos, new_size=[rows, cols], old_size=list(old), num_prefix_tokens=prefix)

@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional
 
 from torch import Tensor, nn
 
-from Audio.backbone import build_audio_vit, convert_audiomae_state_dict
+from Audio.backbone import build_audio_vit, checkpoint_filter_fn
 from pathway.classifier import PathwayClassifier
 
 
@@ -50,8 +50,7 @@ class AudioClassifier(PathwayClassifier):
     def example_input_shape(self) -> tuple[int, ...]:
         return (1, self.hparams.target_length, self.hparams.num_mel_bins)
 
-    def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        return convert_audiomae_state_dict(state_dict, self.backbone, source="target checkpoint")
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     def on_fit_start(self) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)

@@ -9,6 +9,11 @@ from torch import Tensor, nn
 from pathway.classifier import PathwayClassifier
 
 
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """MAE pre-training checkpoints carry the decoder and a mask token; the classifier needs neither."""
+    return {k: v for k, v in state_dict.items() if not k.startswith(("decoder", "mask_token"))}
+
+
 class ImageClassifier(PathwayClassifier):
     """Any timm ViT by name; ``model_kwargs`` shrinks it for tiny configs (embed_dim, depth, num_heads ...).
 
@@ -41,6 +46,4 @@ class ImageClassifier(PathwayClassifier):
         hp = self.hparams
         return (int((hp.model_kwargs or {}).get("in_chans", 3)), hp.img_size, hp.img_size)
 
-    def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """MAE pre-training checkpoints carry the decoder and a mask token; the classifier needs neither."""
-        return {k: v for k, v in state_dict.items() if not k.startswith(("decoder", "mask_token"))}
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)

@@ -8,7 +8,7 @@ block.  The blocks are timm ``Block``s, so ``blocks.<i>.attn.qkv`` / ``attn.proj
 are ``nn.Linear`` modules called on the forward path and can be swapped for ``PathwayLinear``.
 
 Module names follow Point-MAE's (``encoder.first_conv``, ``pos_embed``, ``cls_pos``, ``norm``) so its
-checkpoints load after a prefix rename (``convert_point_mae_state_dict``).
+checkpoints load after a prefix rename (``checkpoint_filter_fn``).
 """
 from __future__ import annotations
 
@@ -247,7 +247,7 @@ class PointPartSegmenter(PointTransformer):
 _POINT_MAE_DROPPED = re.compile(r"^(MAE_decoder|decoder_|mask_token|increase_dim|reduce_dim_decoder)")
 
 
-def convert_point_mae_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
     """Rename Point-MAE pre-training/fine-tuning keys to ``PointTransformer``'s; other keys pass unchanged.
 
     ``module.`` / ``base_model.`` / ``MAE_encoder.`` prefixes are stripped, ``blocks.blocks.<i>`` (Point-MAE's

@@ -3,7 +3,8 @@
 Both build a ``Point.backbone`` model whose ``blocks`` carry the pathway, so ``aux_ckpts`` really reach the
 computation in either task (the reference code built the pathway for point classification but never used it).
 Point-MAE checkpoints (``base_model``/``MAE_encoder`` prefixes, ``blocks.blocks``, ``cls_head_finetune``) load
-as target or auxiliary models through ``convert_target_state_dict``.
+as the target through ``Point.backbone.checkpoint_filter_fn`` (as auxiliary models through
+``pathway.checkpoint.aux_state_dict``, like every format).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from pathway.classifier import PathwayClassifier
 from pathway.module import PathwayModule
-from Point.backbone import PointPartSegmenter, PointTransformer, convert_point_mae_state_dict
+from Point.backbone import PointPartSegmenter, PointTransformer, checkpoint_filter_fn
 from Point.metrics import PartIoU, restrict_to_category
 from Point.parts import SHAPENETPART_CATEGORIES
 
@@ -65,8 +66,7 @@ class PointClassifier(PathwayClassifier):
         """A 1,024-point cloud (ModelNet40/ScanObjectNN size); the model itself takes any N ≥ group_size."""
         return (1024, 3)
 
-    def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        return convert_point_mae_state_dict(state_dict)
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
 
 class PointSegmenter(PathwayModule):
@@ -120,8 +120,7 @@ class PointSegmenter(PathwayModule):
             num_heads=hp.num_heads, mlp_ratio=hp.mlp_ratio, qkv_bias=hp.qkv_bias, drop_path_rate=hp.drop_path_rate,
         )
 
-    def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        return convert_point_mae_state_dict(state_dict)
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     def is_head_key(self, key: str) -> bool:
         return key.startswith(("seg_head.", "category_embed.", "propagation."))

@@ -10,8 +10,6 @@ Unlike VideoMAE, attention calls ``self.qkv`` as a module and adds the q/v biase
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
@@ -179,8 +177,8 @@ class VideoViT(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def videomae_key_map(state_dict: dict[str, Tensor], embed_dim: Optional[int] = None) -> dict[str, Tensor]:
-    """VideoMAE pre-training / fine-tuning (or timm image ViT) keys -> :class:`VideoViT` keys.
+def checkpoint_filter_fn(state_dict: dict[str, Tensor], model: VideoViT) -> dict[str, Tensor]:
+    """VideoMAE pre-training / fine-tuning (or timm image ViT) keys -> ``model``'s (:class:`VideoViT`) keys.
 
     * pre-training checkpoints: keep the ``encoder.`` weights (prefix removed), drop the decoder,
       ``encoder_to_decoder`` and ``mask_token``;
@@ -197,8 +195,10 @@ def videomae_key_map(state_dict: dict[str, Tensor], embed_dim: Optional[int] = N
             continue
         if key.endswith("attn.qkv.bias"):
             dim = value.shape[0] // 3
-            if embed_dim is not None and dim != embed_dim:
-                raise ValueError(f"{key}: fused qkv bias of size {value.shape[0]} does not fit embed_dim {embed_dim}")
+            if dim != model.embed_dim:
+                raise ValueError(
+                    f"{key}: fused qkv bias of size {value.shape[0]} does not fit embed_dim {model.embed_dim}"
+                )
             prefix = key[: -len("qkv.bias")]
             out[prefix + "q_bias"], out[prefix + "v_bias"] = value[:dim], value[2 * dim:]
             continue

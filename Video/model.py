@@ -1,8 +1,8 @@
 """Video target: the VideoMAE ViT (``Video.backbone.VideoViT``) on the shared pathway classifier.
 
-VideoMAE checkpoints (pre-training or fine-tuning, nested under ``model``/``module``) load as the target and as
-auxiliary models through ``convert_target_state_dict``; timm image ViT state dicts load as auxiliary models as is
-(their block linears have the same names and shapes).
+VideoMAE checkpoints (pre-training or fine-tuning, nested under ``model``/``module``) load as the target through
+``Video.backbone.checkpoint_filter_fn``; as auxiliary models any format ``pathway.checkpoint.aux_state_dict``
+reads works (only the block linears are used, and they have the same names and shapes in every ViT).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from pathway.classifier import PathwayClassifier
-from Video.backbone import VideoViT, videomae_key_map
+from Video.backbone import VideoViT, checkpoint_filter_fn
 
 __all__ = ["VideoClassifier", "VideoViT"]
 
@@ -58,6 +58,4 @@ class VideoClassifier(PathwayClassifier):
         hp = self.hparams
         return (3, hp.num_frames, hp.img_size, hp.img_size)
 
-    def convert_target_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
-        """VideoMAE key format (``encoder.`` prefix, decoder, ``norm`` vs ``fc_norm``, fused timm qkv bias)."""
-        return videomae_key_map(state_dict, embed_dim=self.hparams.embed_dim)
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)

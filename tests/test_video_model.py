@@ -12,7 +12,7 @@ from pathway.checkpoint import CheckpointError
 from pathway.merge import plain_state_dict
 from pathway.optim import layer_decay_param_groups
 from pathway.surgery import pathway_layers, set_lambdas
-from Video.backbone import Block, VideoViT, videomae_key_map
+from Video.backbone import Block, VideoViT, checkpoint_filter_fn
 from Video.model import VideoClassifier
 
 # 4 frames of 16x16 in 2x8x8 tubelets -> 8 tokens; width 32 and depth 2 like the tiny image ViT of conftest.
@@ -88,7 +88,7 @@ def test_timm_fused_qkv_bias_converts_exactly() -> None:
         for name, param in vit.named_parameters():
             if name.endswith("qkv.bias"):
                 param.normal_()
-    state = {k[len("blocks.0."):]: v for k, v in videomae_key_map(vit.state_dict(), embed_dim=32).items()
+    state = {k[len("blocks.0."):]: v for k, v in checkpoint_filter_fn(vit.state_dict(), vit).items()
              if k.startswith("blocks.0.")}
     block = Block(32, num_heads=2).eval()
     block.load_state_dict(state, strict=True)
