@@ -8,7 +8,6 @@ from typing import Optional
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
 
 from pathway.atomic import atomic_write
 from pathway.merge import plain_state_dict
@@ -18,6 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def _out_dir(trainer: L.Trainer, dirpath: Optional[str]) -> Path:
+    """The folder a callback writes to.  ``trainer.log_dir`` is a collective under DDP (it broadcasts rank 0's
+    folder), so this must run on every rank, in a hook every rank calls (``setup``), never in rank-zero-only code."""
     return Path(dirpath or trainer.log_dir or trainer.default_root_dir)
 
 
@@ -32,20 +33,25 @@ class MergedCheckpoint(L.Callback):
         self.dirpath = dirpath
         self.filename = filename
         self.last_path: Optional[Path] = None
+        self._dir: Optional[Path] = None
 
-    @rank_zero_only
-    def export(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Path:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._dir = _out_dir(trainer, self.dirpath)
+
+    def export(self, pl_module: L.LightningModule, folder: Path) -> Path:
         from safetensors.torch import save_file
 
         state = {k: v.detach().cpu().contiguous() for k, v in plain_state_dict(pl_module.backbone).items()}
-        path = _out_dir(trainer, self.dirpath) / self.filename
+        path = folder / self.filename
         atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
         self.last_path = path
         log.info("wrote merged backbone to %s", path)
         return path
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.export(trainer, pl_module)
+        if trainer.is_global_zero and self._dir is not None:
+            self.export(pl_module, self._dir)
 
 
 class LambdaMonitor(L.Callback):
@@ -54,6 +60,11 @@ class LambdaMonitor(L.Callback):
     def __init__(self, heatmap: bool = True, dirpath: Optional[str] = None) -> None:
         self.heatmap = heatmap
         self.dirpath = dirpath
+        self._dir: Optional[Path] = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._dir = _out_dir(trainer, self.dirpath)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         table = lambda_table(pl_module.backbone)
@@ -63,16 +74,11 @@ class LambdaMonitor(L.Callback):
             f"lambda/{name}" + (f"/aux{i}" if len(lams) > 1 else ""): lam
             for name, lams in table.items() for i, lam in enumerate(lams)
         }
-        if trainer.loggers:
-            for logger in trainer.loggers:
-                logger.log_metrics(values, step=trainer.global_step)
-        if self.heatmap:
-            self.save_heatmap(trainer, table)
-
-    @rank_zero_only
-    def save_heatmap(self, trainer: L.Trainer, table: dict[str, list[float]]) -> Path:
-        return save_lambda_heatmap(table, _out_dir(trainer, self.dirpath) / "lambdas.png",
-                                   title=f"λ after epoch {trainer.current_epoch}")
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+        if self.heatmap and trainer.is_global_zero and self._dir is not None:
+            save_lambda_heatmap(table, self._dir / "lambdas.png",
+                                title=f"λ after epoch {trainer.current_epoch}")
 
 
 def lambda_grid(table: dict[str, list[float]]) -> tuple[list[int], list[str], torch.Tensor]:
