@@ -128,3 +128,31 @@ def _resize_time_pos_embed(pos: Tensor, model: VisionTransformer) -> Tensor:
     old = ((pos.shape[1] - prefix) // cols, cols)
     log.info("interpolating the checkpoint's pos_embed from a %s to a %s patch grid", old, (rows, cols))
     return resample_abs_pos_embed(pos, new_size=[rows, cols], old_size=list(old), num_prefix_tokens=prefix)
+
+
+def forward_with_patch_masking(model: VisionTransformer, x: Tensor, mask_t_prob: float, mask_f_prob: float) -> Tensor:
+    """The classifier's logits with whole time rows and mel columns of patch tokens dropped (AudioMAE fine-tuning).
+
+    AudioMAE fine-tunes with ``--mask_2d --mask_t_prob 0.2 --mask_f_prob 0.2``: per sample, a random
+    ``int(T·(1-mask_t_prob))`` of the ``T`` time rows and ``int(F·(1-mask_f_prob))`` of the ``F`` mel columns of the
+    patch grid are kept (each in random order), after the position embedding is added, so the encoder sees a
+    smaller ``T' x F'`` grid and must not rely on any single time span or band.  Training only: evaluation always
+    sees every token.  The class token is kept; the head pools the kept tokens as in ``model.forward``.
+    """
+    if not (0.0 <= mask_t_prob < 1.0 and 0.0 <= mask_f_prob < 1.0):
+        raise ValueError(f"mask_t_prob and mask_f_prob must be in [0, 1), got {mask_t_prob} and {mask_f_prob}")
+    if model.cls_token is None or model.num_prefix_tokens != 1 or getattr(model, "no_embed_class", False):
+        raise ValueError("patch masking needs an AudioMAE-style ViT: one class token with its own position embedding")
+    rows, cols = model.patch_embed.grid_size
+    tokens = model.patch_embed(x) + model.pos_embed[:, 1:]
+    batch, _, dim = tokens.shape
+    keep_rows, keep_cols = int(rows * (1 - mask_t_prob)), int(cols * (1 - mask_f_prob))
+    row_ids = torch.rand(batch, rows, device=x.device).argsort(dim=1)[:, :keep_rows]
+    col_ids = torch.rand(batch, cols, device=x.device).argsort(dim=1)[:, :keep_cols]
+    grid = tokens.reshape(batch, rows, cols, dim)
+    grid = grid.gather(1, row_ids[:, :, None, None].expand(-1, -1, cols, dim))
+    grid = grid.gather(2, col_ids[:, None, :, None].expand(-1, keep_rows, -1, dim))
+    cls = (model.cls_token + model.pos_embed[:, :1]).expand(batch, -1, -1)
+    tokens = torch.cat([cls, grid.reshape(batch, keep_rows * keep_cols, dim)], dim=1)
+    tokens = model.norm(model.blocks(model.norm_pre(model.pos_drop(tokens))))
+    return model.forward_head(tokens)

@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional
 
 from torch import Tensor, nn
 
-from Audio.backbone import build_audio_vit, checkpoint_filter_fn
+from Audio.backbone import build_audio_vit, checkpoint_filter_fn, forward_with_patch_masking
 from pathway.classifier import PathwayClassifier
 
 
@@ -22,6 +22,9 @@ class AudioClassifier(PathwayClassifier):
         target_length / num_mel_bins: the fbank grid (time x mel); the CLI links them from ``data:``.
         drop_path_rate: stochastic depth.
         pos_embed: ``learn`` (learnable) or ``sincos`` (fixed 2-D sin-cos, frozen).
+        mask_t_prob / mask_f_prob: AudioMAE fine-tuning masking: the fraction of time rows / mel columns of patch
+            tokens dropped per training sample (``Audio.backbone.forward_with_patch_masking``; 0.2 / 0.2 in its
+            AudioSet recipes, 0 = off).  Evaluation always sees every token.
         **kwargs: ``PathwayClassifier`` / ``PathwayModule`` arguments (num_classes, target_ckpt, aux_ckpts, ...).
     """
 
@@ -35,6 +38,8 @@ class AudioClassifier(PathwayClassifier):
         num_mel_bins: int = 128,
         drop_path_rate: float = 0.1,
         pos_embed: Literal["learn", "sincos"] = "learn",
+        mask_t_prob: float = 0.0,
+        mask_f_prob: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -46,6 +51,12 @@ class AudioClassifier(PathwayClassifier):
             embed_dim=hp.embed_dim, depth=hp.depth, num_heads=hp.num_heads, drop_path_rate=hp.drop_path_rate,
             pos_embed=hp.pos_embed,
         )
+
+    def forward(self, x: Tensor) -> Tensor:
+        hp = self.hparams
+        if self.training and (hp.mask_t_prob > 0 or hp.mask_f_prob > 0):
+            return forward_with_patch_masking(self.backbone, x, hp.mask_t_prob, hp.mask_f_prob)
+        return self.backbone(x)
 
     def example_input_shape(self) -> tuple[int, ...]:
         return (1, self.hparams.target_length, self.hparams.num_mel_bins)
