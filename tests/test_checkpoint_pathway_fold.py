@@ -20,7 +20,7 @@ from torch import nn
 from _scale_utils import TINY_IMAGE_MODEL, save_aux, train_image_checkpoint
 from conftest import make_vit
 from pathway import pathway_layers, reparameterize_aux_into_target_model, set_lambdas
-from pathway.checkpoint import CheckpointError, load_state_dict
+from pathway.checkpoint import CheckpointError, fold_pathway_state_dict, load_state_dict
 
 LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 LAMBDA = 0.5
@@ -184,3 +184,37 @@ def test_lightning_checkpoint_with_aux_by_reference_is_refused(tmp_path: Path, u
     assert str(ckpt) in message and "blocks.0.attn.qkv" in message and "aux_weight_0" in message
     assert str(aux) in message, "the error names the aux file the checkpoint refers to"
     assert "python -m pathway export" in message and "merged.safetensors" in message
+
+
+# --- fold_pathway_state_dict on its own ------------------------------------------------------------------------
+def test_fold_sums_every_aux_in_fp32() -> None:
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 64, generator=g).bfloat16()
+    aux = [torch.randn(64, 64, generator=g).bfloat16() for _ in range(2)]
+    lambdas = torch.tensor([0.013, -0.007])
+    state = {"fc.weight": weight, "fc.bias": torch.zeros(64), "fc.lambdas": lambdas,
+             "fc.aux_weight_0": aux[0], "fc.aux_weight_1": aux[1]}
+    folded = fold_pathway_state_dict(state, source="two_aux.pth")
+    assert set(folded) == {"fc.weight", "fc.bias"} and folded["fc.weight"].dtype == torch.bfloat16
+    expected = (weight.float() + lambdas[0] * aux[0].float() + lambdas[1] * aux[1].float()).bfloat16()
+    assert torch.equal(folded["fc.weight"], expected)
+    in_bf16 = weight + lambdas[0].bfloat16() * aux[0] + lambdas[1].bfloat16() * aux[1]
+    assert not torch.equal(in_bf16, expected), "bf16 accumulation rounds differently; fp32 is what is asked for"
+
+
+def test_fold_of_a_merged_checkpoint_adds_only_what_is_not_in_the_weight() -> None:
+    """Files written after ``merge_pathway_`` (older versions) hold W + λ_m·W_aux and the λ_m already folded."""
+    weight, aux = torch.randn(4, 4), torch.randn(4, 4)
+    state = {"fc.weight": weight + 0.25 * aux, "fc.lambdas": torch.tensor([0.75]), "fc.aux_weight_0": aux,
+             "fc.merged": torch.tensor(True), "fc.merged_lambdas": torch.tensor([0.25])}
+    folded = fold_pathway_state_dict(state)
+    assert set(folded) == {"fc.weight"}
+    torch.testing.assert_close(folded["fc.weight"], weight + 0.75 * aux)
+
+
+@pytest.mark.parametrize("key", ["fc.aux_weight_0", "fc.aux_weight", "fc.merged_lambdas"])
+def test_pathway_keys_without_lambda_are_refused(key: str) -> None:
+    state = {"fc.weight": torch.randn(4, 4), key: torch.randn(4, 4)}
+    with pytest.raises(CheckpointError, match="without a λ") as info:
+        fold_pathway_state_dict(state, source="orphan.pth")
+    assert "orphan.pth" in str(info.value) and key in str(info.value)
