@@ -218,3 +218,14 @@ def test_pathway_keys_without_lambda_are_refused(key: str) -> None:
     with pytest.raises(CheckpointError, match="without a λ") as info:
         fold_pathway_state_dict(state, source="orphan.pth")
     assert "orphan.pth" in str(info.value) and key in str(info.value)
+
+
+def test_pathway_safetensors_file_is_folded(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "pathway.safetensors"
+    save_file({k: v.contiguous() for k, v in _pathway_model("ours").state_dict().items()}, str(path))
+    state = load_state_dict(path)
+    assert not any("lambdas" in k or "aux_weight" in k for k in state)
+    for name, weight in _expected_weights().items():
+        torch.testing.assert_close(state[f"{name}.weight"], weight, rtol=0, atol=1e-6)

@@ -14,7 +14,7 @@ import os
 import pickle
 import re
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -119,9 +119,10 @@ def load_state_dict(path: PathLike, trust_pickle: bool = False) -> dict[str, Ten
         from safetensors.torch import load_file
 
         try:
-            return strip_prefixes(load_file(str(path), device="cpu"))
+            tensors = load_file(str(path), device="cpu")
         except Exception as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
+        return fold_pathway_state_dict(strip_prefixes(tensors), source=str(path))
     try:
         if trust_pickle:
             obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_NAMING_PICKLE)
@@ -158,7 +159,8 @@ _PATHWAY_LEFTOVER = re.compile(r"\.(aux_weight(_\d+)?|merged|merged_lambdas)$")
 
 
 def fold_pathway_state_dict(
-    state_dict: Mapping[str, Tensor], source: str = "<state dict>", aux_files: Optional[Any] = None
+    state_dict: Mapping[str, Tensor], source: str = "<state dict>",
+    aux_files: Optional[Union[Mapping[str, str], Sequence[str]]] = None,
 ) -> dict[str, Tensor]:
     """``state_dict`` with every pathway folded into its layer: ``W ← W + Σ λ_i·W_aux_i``, accumulated in fp32.
 
