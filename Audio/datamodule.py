@@ -1,20 +1,27 @@
 """LightningDataModule for AudioSet-style JSON, ESC-50 and folder-per-class audio datasets.
 
 ``num_classes`` (linked to the model by the CLI) comes from a cheap read in ``__init__`` — the class CSV, the
-ESC-50 meta file or the ``train/`` class folders; the clip lists themselves are read in ``setup``.
+ESC-50 meta file or the class folders of the first split that exists; the clip lists themselves are read in
+``setup``, only for the splits the stage needs.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal, Optional
 
+import torch
+from torch.utils.data import Sampler
 
 from Audio.dataset import AudioClipDataset
 from Audio.labels import (
-    AudioRecord, folder_classes, read_audioset_classes, read_audioset_json, read_esc50, read_folder_split,
+    AudioRecord, class_balanced_weights, read_audioset_classes, read_audioset_json, read_esc50, read_folder_split,
+    read_sample_weights,
 )
 from Audio.synthetic import make_tone_dataset
-from pathway.data import SkippingDataset, SplitDataModule
+from pathway.data import (
+    DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_FILE, BadFilePolicy, SkippingDataset, Split, SplitDataModule,
+    WeightedDistributedSampler, check_bad_file_policy, class_folders, first_split_folder,
+)
 
 DatasetFormat = Literal["audioset", "esc50", "folder"]
 
@@ -34,8 +41,17 @@ class AudioDataModule(SplitDataModule):
         wave_mixup: probability of waveform mixup per training clip (AudioMAE style, ``λ ~ Beta(wave_mixup_alpha,
             wave_mixup_alpha)``, labels mixed alike); with wave_mixup > 0 single-label training targets become float
             soft one-hot vectors.  Named apart from ``model.mixup`` (batch mixup on the fbank), which also exists.
-        roll: random circular time shift of training waveforms.
-        on_bad_file: ``skip`` (log, count, drop the clip from its batch) or ``error`` (stop, naming the file).
+        roll: AudioMAE's ``roll_mag_aug``: each training waveform is rolled by a random shift and scaled by a
+            random magnitude ``Beta(10, 10) + 0.5``.
+        weight_sampler: class-balanced sampling (AudioMAE's AudioSet-2M recipe, ``--weight_sampler``): each epoch
+            draws ``epoch_len`` training clips without replacement with probability ∝ their weight, from
+            ``weight_csv`` (one weight per training clip, AudioMAE's ``gen_weight.py`` format) or, without it,
+            computed from the training labels as ``gen_weight.py`` does (``Audio.labels.class_balanced_weights``).
+            Under DDP every rank draws the same list (seeded by the epoch) and takes its own ``1/world`` share
+            (``pathway.data.WeightedDistributedSampler``), so ranks see disjoint clips of one draw.
+        epoch_len: training clips per epoch with ``weight_sampler`` (AudioMAE: 200000 for AudioSet-2M); default:
+            the size of the training split.
+        on_bad_file / max_bad_fraction: unreadable clips, see ``pathway.data``.
     """
 
     # The CLI links these to the model (``pathway.cli``): the fbank grid and the label kind are set once, here.
@@ -64,18 +80,23 @@ class AudioDataModule(SplitDataModule):
         wave_mixup: float = 0.0,
         wave_mixup_alpha: float = 10.0,
         roll: bool = False,
-        on_bad_file: Literal["skip", "error"] = "error",
+        weight_sampler: bool = False,
+        weight_csv: Optional[str] = None,
+        epoch_len: Optional[int] = None,
+        on_bad_file: BadFilePolicy = DEFAULT_ON_BAD_FILE,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if on_bad_file not in ("skip", "error"):
-            raise ValueError(f"on_bad_file must be 'skip' or 'error', got {on_bad_file!r}")
+        check_bad_file_policy(on_bad_file)
+        if (weight_csv or epoch_len) and not weight_sampler:
+            raise ValueError("data.weight_csv and data.epoch_len apply only with data.weight_sampler: true")
         self.format = format
         self.batch_size = batch_size
         self.multilabel = format == "audioset"
         if format == "audioset":
-            if not label_csv or not train_json:
-                raise ValueError("format 'audioset' needs label_csv and train_json")
+            if not label_csv:
+                raise ValueError("format 'audioset' needs label_csv (and the json of each split it uses)")
             self._mid_to_index, self.class_names = read_audioset_classes(label_csv)
         elif format == "esc50":
             if not root:
@@ -87,7 +108,7 @@ class AudioDataModule(SplitDataModule):
                 raise ValueError("format 'folder' needs root (holding train/<class>/*.wav and val/<class>/*.wav)")
             if synthetic:
                 make_tone_dataset(root, sample_rate=sample_rate)
-            self.class_names = folder_classes(Path(root) / "train")
+            self.class_names = class_folders(first_split_folder(root, ("train", "val", "test")))
         else:
             raise ValueError(f"format must be 'audioset', 'esc50' or 'folder', got {format!r}")
         self.num_classes = len(self.class_names)
@@ -118,12 +139,16 @@ class AudioDataModule(SplitDataModule):
             freqm=hp.freqm, timem=hp.timem, mixup=hp.wave_mixup, mixup_alpha=hp.wave_mixup_alpha, roll=hp.roll,
         )
 
-    def _wrapped(self, split: Literal["train", "val", "test"]) -> SkippingDataset:
+    def build_split(self, split: Split) -> SkippingDataset:
         dataset = self.build_dataset(split)
-        return SkippingDataset(dataset, lambda i: str(dataset.records[i].path), on_bad_file=self.hparams.on_bad_file)
+        return self.skipping(dataset, lambda i: str(dataset.records[i].path))
 
-    def setup(self, stage: Optional[str] = None) -> None:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in splits.get(stage, ("train", "val", "test")):
-            if not hasattr(self, f"{split}_set"):
-                setattr(self, f"{split}_set", self._wrapped(split))
+    def train_sampler(self) -> Optional[Sampler]:
+        hp = self.hparams
+        if not hp.weight_sampler:
+            return None
+        records = self.train_set.records
+        weights = (read_sample_weights(hp.weight_csv, len(records)) if hp.weight_csv
+                   else class_balanced_weights(records, self.num_classes))
+        world, rank = self._world()
+        return WeightedDistributedSampler(torch.tensor(weights), hp.epoch_len or len(records), world, rank)

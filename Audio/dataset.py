@@ -1,7 +1,8 @@
 """The audio clip dataset: records -> ``([1, target_length, mel] fbank, target)``.
 
-Training-time augmentation follows AudioMAE: waveform mixup inside the dataset (``λ ~ Beta(α, α)``, labels mixed
-with the same λ), a random circular time roll of the waveform, and SpecAugment on the normalised fbank.
+Training-time augmentation follows AudioMAE: a random circular time roll and random magnitude of each waveform
+(``roll_magnitude``, its ``roll_mag_aug``), waveform mixup inside the dataset (``λ ~ Beta(α, α)``, labels mixed with
+the same λ), and SpecAugment on the normalised fbank.
 
 Targets: a float multi-hot vector for multi-label data; for single-label data the class index, or — when this
 dataset mixes waveforms — a float soft one-hot vector, so every batch of one loader has one target type.
@@ -21,6 +22,12 @@ from torch.utils.data import Dataset
 from Audio.audio_io import read_audio
 from Audio.features import SpecAugment, normalize, pad_or_cut, waveform_to_fbank
 from Audio.labels import AudioRecord
+
+
+def roll_magnitude(wave: Tensor) -> Tensor:
+    """``wave`` rolled by a random number of samples and scaled by a random magnitude ``Beta(10, 10) + 0.5``."""
+    shift = int(np.random.randint(wave.numel()))
+    return wave.roll(shift) * float(np.random.beta(10, 10) + 0.5)
 
 
 class AudioClipDataset(Dataset):
@@ -77,11 +84,13 @@ class AudioClipDataset(Dataset):
         return target
 
     def _wave(self, index: int) -> Tensor:
-        return read_audio(self.records[index].path, self.sample_rate)
+        wave = read_audio(self.records[index].path, self.sample_rate)
+        return roll_magnitude(wave) if self.roll else wave
 
     def raw_fbank(self, index: int) -> Tensor:
-        """Un-normalised, un-padded fbank of one record (for computing dataset statistics)."""
-        return waveform_to_fbank(self._wave(index), self.sample_rate, self.num_mel_bins)
+        """Un-normalised, un-padded, un-augmented fbank of one record (for computing dataset statistics)."""
+        return waveform_to_fbank(read_audio(self.records[index].path, self.sample_rate), self.sample_rate,
+                                 self.num_mel_bins)
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         wave = self._wave(index)
@@ -97,8 +106,6 @@ class AudioClipDataset(Dataset):
             lam = float(np.random.beta(self.mixup_alpha, self.mixup_alpha))
             wave = lam * wave + (1.0 - lam) * other
             target = lam * target + (1.0 - lam) * self._label_vector(self.records[other_index])
-        if self.roll:
-            wave = wave.roll(int(np.random.randint(wave.numel())))
         fbank = waveform_to_fbank(wave, self.sample_rate, self.num_mel_bins)
         fbank = normalize(pad_or_cut(fbank, self.target_length), self.mean, self.std)
         if self.spec_augment is not None:

@@ -4,7 +4,8 @@
   ``class_labels_indices.csv`` (columns ``index,mid,display_name``); multi-label.
 * ESC-50: ``meta/esc50.csv`` (columns ``filename,fold,target,category,...``) and ``audio/*.wav``; one fold is the
   validation split.
-* Folder per class: ``root/<split>/<class>/*.wav|flac|ogg``; classes are the sorted ``train/`` sub-folders.
+* Folder per class: ``root/<split>/<class>/*.wav|flac|ogg``; classes are the sorted class sub-folders
+  (``pathway.data.class_folders``).
 
 Label problems (an unknown mid, a target outside the class range, a validation class absent from training) are
 errors naming the file and the label, raised before training starts rather than mid-epoch.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -137,15 +139,32 @@ def read_esc50(root: PathLike, val_fold: int) -> tuple[list[AudioRecord], list[A
     return train, val, [categories[i] for i in range(len(categories))]
 
 
-def folder_classes(split_dir: PathLike) -> list[str]:
-    """Sorted class names: the sub-folders of the training split."""
-    split_dir = Path(split_dir)
-    if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir}: split folder not found (expected root/train/<class>/*.wav)")
-    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
-    if not classes:
-        raise LabelError(f"{split_dir}: no class sub-folders (expected {split_dir}/<class>/*.wav)")
-    return classes
+def class_balanced_weights(records: Sequence[AudioRecord], num_classes: int) -> list[float]:
+    """Per-clip sampling weights that balance the classes, as AudioMAE's ``gen_weight.py`` writes them.
+
+    A class seen ``n`` times weighs ``1000 / (n + 0.01)``; a clip weighs the sum over its labels, so clips of rare
+    classes (and clips carrying several of them) are drawn more often.
+    """
+    counts = [0] * num_classes
+    for record in records:
+        for label in record.labels:
+            counts[label] += 1
+    label_weight = [1000.0 / (n + 0.01) for n in counts]
+    return [sum(label_weight[label] for label in record.labels) for record in records]
+
+
+def read_sample_weights(path: PathLike, num_records: int) -> list[float]:
+    """A weight file (one number per training clip, the order of the training list; AudioMAE's ``--weight_csv``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: sample weight file not found")
+    try:
+        weights = [float(line.split(",")[0]) for line in path.read_text().splitlines() if line.strip()]
+    except ValueError as err:
+        raise LabelError(f"{path}: expected one number per line ({err})") from err
+    if len(weights) != num_records:
+        raise LabelError(f"{path}: {len(weights)} weights but the training split has {num_records} clips")
+    return weights
 
 
 def read_folder_split(split_dir: PathLike, classes: list[str]) -> list[AudioRecord]:

@@ -15,6 +15,7 @@ import torch
 from Audio.audio_io import AudioFileError
 from Audio.datamodule import AudioDataModule
 from Audio.dataset import AudioClipDataset
+from pathway.data import log_progress
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def fbank_stats(dataset: AudioClipDataset, max_files: Optional[int] = None, seed
         indices = np.sort(np.random.default_rng(seed).choice(indices, size=max_files, replace=False))
     total = total_sq = torch.zeros((), dtype=torch.float64)
     count = skipped = 0
-    for index in indices:
+    for index in log_progress(indices, len(indices), "fbank_stats: clips read"):
         try:
             fbank = dataset.raw_fbank(int(index)).double()
         except AudioFileError as err:
@@ -78,6 +79,7 @@ def dataset_fbank_stats(
 def main() -> None:
     from jsonargparse import CLI
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = CLI(dataset_fbank_stats, as_positional=False)
     print(f"mean: {result['mean']:.7g}\nstd: {result['std']:.7g}")
 

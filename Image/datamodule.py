@@ -8,18 +8,12 @@ from typing import Optional
 from timm.data import create_transform
 from torchvision.datasets import ImageFolder
 
-from pathway.data import SkippingDataset, SplitDataModule
+from pathway.data import (
+    DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_FILE, BadFilePolicy, SkippingDataset, Split, SplitDataModule,
+    check_bad_file_policy, class_folders, first_split_folder,
+)
 
 log = logging.getLogger(__name__)
-
-
-def _class_folders(path: Path) -> list[str]:
-    if not path.is_dir():
-        raise FileNotFoundError(f"image split folder {path} does not exist (expected {path}/<class>/<image>)")
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"image split folder {path} has no class sub-folders")
-    return classes
 
 
 class ImageDataModule(SplitDataModule):
@@ -29,10 +23,15 @@ class ImageDataModule(SplitDataModule):
         num_classes: checked against the class folders when given; otherwise taken from them.
         scale / hflip: random-resized-crop area range and horizontal-flip probability (training).
         auto_augment: timm RandAugment spec for training (paper: ``rand-m9-mstd0.5-inc1``).
-        re_prob: random-erasing probability (training).
+        re_prob / re_mode / re_count: random erasing (training): probability, fill (``pixel``: per-pixel normal
+            noise, MAE's ``--remode pixel``; ``const``: zeros, timm's default) and count.
         crop_pct: eval centre-crop fraction.
-        on_bad_file: ``skip`` (log + count) or ``error`` for unreadable images.
+        on_bad_file / max_bad_fraction: unreadable images, see ``pathway.data``.
+
+    ``img_size`` is linked to ``model.img_size`` by the CLI.  The class list comes from the first class-folder
+    split that exists (train, then val, then test), so ``test`` needs only the split it evaluates.
     """
+
 
     def __init__(
         self,
@@ -49,45 +48,43 @@ class ImageDataModule(SplitDataModule):
         hflip: float = 0.5,
         auto_augment: Optional[str] = "rand-m9-mstd0.5-inc1",
         re_prob: float = 0.25,
+        re_mode: str = "pixel",
+        re_count: int = 1,
         interpolation: str = "bicubic",
         crop_pct: float = 0.875,
         mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         std: tuple[float, float, float] = (0.229, 0.224, 0.225),
-        on_bad_file: str = "skip",
+        on_bad_file: BadFilePolicy = DEFAULT_ON_BAD_FILE,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore="num_classes")  # the model's num_classes is linked from the resolved value
+        check_bad_file_policy(on_bad_file)
         self.root = Path(root)
-        self.classes = _class_folders(self.root / train_split)
+        self.class_source = first_split_folder(self.root, (train_split, val_split, test_split))
+        self.classes = class_folders(self.class_source)
         if num_classes is not None and num_classes != len(self.classes):
             raise ValueError(
-                f"data.num_classes={num_classes} but {self.root / train_split} has {len(self.classes)} class folders"
+                f"data.num_classes={num_classes} but {self.class_source} has {len(self.classes)} class folders"
             )
         self.num_classes = len(self.classes)
         self.batch_size = batch_size
 
-    def _dataset(self, split: str, training: bool) -> SkippingDataset:
+    def build_split(self, split: Split) -> SkippingDataset:
         hp = self.hparams
-        classes = _class_folders(self.root / split)
+        folder = {"train": hp.train_split, "val": hp.val_split, "test": hp.test_split or hp.val_split}[split]
+        training = split == "train"
+        classes = class_folders(self.root / folder)
         if classes != self.classes:
             raise ValueError(
-                f"{self.root / split} classes differ from {self.root / hp.train_split}: "
+                f"{self.root / folder} classes differ from {self.class_source}: "
                 f"{sorted(set(classes) ^ set(self.classes))[:10]}"
             )
         transform = create_transform(
             hp.img_size, is_training=training, scale=tuple(hp.scale), hflip=hp.hflip,
             auto_augment=hp.auto_augment if training else None,
-            re_prob=hp.re_prob if training else 0.0, interpolation=hp.interpolation, crop_pct=hp.crop_pct,
+            re_prob=hp.re_prob if training else 0.0, re_mode=hp.re_mode, re_count=hp.re_count, interpolation=hp.interpolation, crop_pct=hp.crop_pct,
             mean=hp.mean, std=hp.std,
         )
-        dataset = ImageFolder(str(self.root / split), transform=transform)
-        return SkippingDataset(dataset, lambda i: dataset.samples[i][0], hp.on_bad_file)
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        hp = self.hparams
-        if stage in (None, "fit"):
-            self.train_set = self._dataset(hp.train_split, training=True)
-        if stage in (None, "fit", "validate"):
-            self.val_set = self._dataset(hp.val_split, training=False)
-        if stage in (None, "test", "predict"):
-            self.test_set = self._dataset(hp.test_split or hp.val_split, training=False)
+        dataset = ImageFolder(str(self.root / folder), transform=transform)
+        return self.skipping(dataset, lambda i: dataset.samples[i][0])

@@ -22,7 +22,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from pathway.data import SkippingDataset, SplitDataModule
+from pathway.data import (
+    DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_FILE, BadFilePolicy, SkippingDataset, Split, SplitDataModule,
+    check_bad_file_policy, class_folders, first_split_folder,
+)
 from Point.datasets import PointClassificationDataset, ShapeNetPartDataset
 from Point.parts import NUM_CATEGORIES, NUM_PARTS, SHAPENETPART_CATEGORIES
 from Point.readers import (
@@ -43,15 +46,6 @@ SCANOBJECTNN_FILES: dict[str, tuple[str, str]] = {
     "objonly": ("main_split_nobg", "{split}_objectdataset.h5"),
 }
 DEFAULT_CLASSES: dict[str, int] = {"modelnet40": 40, "modelnet10": 10, "scanobjectnn": 15}
-
-
-def _class_folders(path: Path) -> list[str]:
-    if not path.is_dir():
-        raise FileNotFoundError(f"point split folder {path} does not exist (expected {path}/<class>/<cloud file>)")
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
-    if not classes:
-        raise FileNotFoundError(f"point split folder {path} has no class sub-folders")
-    return classes
 
 
 def _scanobjectnn_file(root: Path, variant: str, split: str) -> Path:
@@ -77,7 +71,10 @@ class PointDataModule(SplitDataModule):
         num_points: points per cloud fed to the model (FPS subset; padded by repetition when fewer).
         vote_num: views per test cloud; scores are averaged per cloud (view 0 is un-augmented).
         oversample: training draws ``num_points`` of the first ``oversample * num_points`` FPS points.
-        on_bad_file: ``error`` (raise naming the file) or ``skip`` (log, count, drop the sample).
+        on_bad_file / max_bad_fraction: unreadable clouds, see ``pathway.data``.
+
+    For ``folder`` the class list comes from the first of ``train``/``test``/``val`` that exists, so evaluating
+    needs only the split it evaluates.
     """
 
     def __init__(
@@ -92,14 +89,14 @@ class PointDataModule(SplitDataModule):
         pin_memory: bool = True,
         vote_num: int = 1,
         oversample: float = 1.2,
-        on_bad_file: str = "error",
+        on_bad_file: BadFilePolicy = DEFAULT_ON_BAD_FILE,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore="num_classes")
         if format not in FORMATS:
             raise ValueError(f"unknown point data format '{format}' (expected one of {list(FORMATS)})")
-        if on_bad_file not in ("skip", "error"):
-            raise ValueError(f"on_bad_file must be 'skip' or 'error', got {on_bad_file!r}")
+        check_bad_file_policy(on_bad_file)
         self.root = Path(root)
         self.format = format
         self.variant = variant or ("hardest" if format == "scanobjectnn" else "modelnet40")
@@ -116,7 +113,7 @@ class PointDataModule(SplitDataModule):
     def _class_names(self) -> Optional[list[str]]:
         """Class names where the layout lists them (folder, ModelNet txt); ``None`` for label-only formats."""
         if self.format == "folder":
-            return _class_folders(self.root / "train")
+            return class_folders(first_split_folder(self.root, ("train", "test", "val")))
         if self.format == "modelnet40_txt":
             return read_lines(self.root / f"{self.variant}_shape_names.txt")
         return None
@@ -150,10 +147,10 @@ class PointDataModule(SplitDataModule):
                 labels.append(index[cls])
             return files, labels, [str(f) for f in files]
         folder = self._split_folder(split)
-        classes = _class_folders(folder)
+        classes = class_folders(folder)
         if classes != self.classes:
             differing = sorted(set(classes) ^ set(self.classes))
-            raise ValueError(f"{folder} classes differ from {self.root / 'train'}: {differing}")
+            raise ValueError(f"{folder} classes differ from the class list {self.classes}: {differing}")
         files, labels = [], []
         for label, cls in enumerate(self.classes):
             found = sorted(p for p in (folder / cls).iterdir() if p.suffix.lower() in POINT_FILE_SUFFIXES)
@@ -163,29 +160,24 @@ class PointDataModule(SplitDataModule):
             raise FileNotFoundError(f"{folder}: no {'/'.join(POINT_FILE_SUFFIXES)} files in its class folders")
         return files, labels, [str(f) for f in files]
 
-    def _dataset(self, split: str, train: bool, vote_num: int = 1) -> SkippingDataset:
+    def build_split(self, split: Split) -> SkippingDataset:
+        """Validation and test read the test split (these benchmarks have no validation split); test votes."""
         hp = self.hparams
-        items, labels, names = self._items(split)
+        train = split == "train"
+        vote_num = hp.vote_num if split == "test" else 1
+        items, labels, names = self._items("train" if train else "test")
         bad = [n for n, y in zip(names, labels) if not 0 <= y < self.num_classes]
         if bad:
             raise PointDataError(f"{bad[0]}: label outside 0..{self.num_classes - 1} ({len(bad)} such clouds)")
         dataset = PointClassificationDataset(items, labels, names, hp.num_points, train, vote_num, hp.oversample)
         if items and isinstance(items[0], np.ndarray):
             dataset.sampler.precompute(device=self._device())
-        return SkippingDataset(dataset, lambda i: names[i // vote_num], hp.on_bad_file)
+        return self.skipping(dataset, lambda i: names[i // vote_num], items_per_file=vote_num)
 
     def _device(self) -> torch.device:
         """Where set-up FPS runs: the trainer's device when attached (fast on GPU), else the CPU."""
         trainer = getattr(self, "trainer", None)
         return trainer.strategy.root_device if trainer is not None else torch.device("cpu")
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        if stage in (None, "fit"):
-            self.train_set = self._dataset("train", train=True)
-        if stage in (None, "fit", "validate"):
-            self.val_set = self._dataset("test", train=False)
-        if stage in (None, "test", "predict"):
-            self.test_set = self._dataset("test", train=False, vote_num=self.hparams.vote_num)
 
 
 class ShapeNetPartDataModule(SplitDataModule):
@@ -194,6 +186,7 @@ class ShapeNetPartDataModule(SplitDataModule):
     ``num_classes`` is the number of parts (50); categories are indexed in the benchmark's fixed order
     (``Point.parts.SHAPENETPART_CATEGORIES``) whichever of them the category file lists.  Training uses the
     ``train_splits`` lists (train + val, as in Point-MAE); validation and test use the test list.
+    ``on_bad_file`` / ``max_bad_fraction``: unreadable shapes, see ``pathway.data``.
     """
 
     def __init__(
@@ -206,12 +199,12 @@ class ShapeNetPartDataModule(SplitDataModule):
         train_splits: Sequence[str] = ("train", "val"),
         augment: bool = True,
         oversample: float = 1.2,
-        on_bad_file: str = "error",
+        on_bad_file: BadFilePolicy = DEFAULT_ON_BAD_FILE,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if on_bad_file not in ("skip", "error"):
-            raise ValueError(f"on_bad_file must be 'skip' or 'error', got {on_bad_file!r}")
+        check_bad_file_policy(on_bad_file)
         self.root = Path(root)
         self.synsets = self._read_categories()
         self.num_classes = NUM_PARTS
@@ -234,8 +227,10 @@ class ShapeNetPartDataModule(SplitDataModule):
             raise PointDataError(f"{path}: lists no categories")
         return synsets
 
-    def _dataset(self, splits: Sequence[str], train: bool) -> SkippingDataset:
+    def build_split(self, split: Split) -> SkippingDataset:
         hp = self.hparams
+        train = split == "train"
+        splits = hp.train_splits if train else ["test"]
         files, categories = [], []
         for split in splits:
             list_path = self.root / "train_test_split" / f"shuffled_{split}_file_list.json"
@@ -248,12 +243,4 @@ class ShapeNetPartDataModule(SplitDataModule):
         if not files:
             raise PointDataError(f"{self.root}: the {list(splits)} split lists are empty")
         dataset = ShapeNetPartDataset(files, categories, hp.num_points, train, hp.augment, hp.oversample)
-        return SkippingDataset(dataset, lambda i: str(files[i]), hp.on_bad_file)
-
-    def setup(self, stage: Optional[str] = None) -> None:
-        if stage in (None, "fit"):
-            self.train_set = self._dataset(self.hparams.train_splits, train=True)
-        if stage in (None, "fit", "validate"):
-            self.val_set = self._dataset(["test"], train=False)
-        if stage in (None, "test", "predict"):
-            self.test_set = self._dataset(["test"], train=False)
+        return self.skipping(dataset, lambda i: str(files[i]))

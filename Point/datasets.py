@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pathway.data import log_progress
 from Point.ops import farthest_point_sample
 from Point.readers import check_cloud, read_point_file
 
@@ -101,16 +102,13 @@ class FixedSizeCloudSampler:
         device = device or torch.device("cpu")
         chunk = 256 if device.type == "cuda" else 4
         total = sum(len(v) for v in by_size.values())
-        if total:
-            log.info("computing FPS orders of %d clouds on %s", total, device)
-        for n, indices in by_size.items():
-            count = self._pool_count(n)
-            for start in range(0, len(indices), chunk):
-                batch_ids = indices[start:start + chunk]
-                xyz = np.stack([normalize_unit_sphere(self.items[i][:, :3]) for i in batch_ids])
-                _, order = farthest_point_sample(torch.from_numpy(xyz).to(device), count)
-                for i, o in zip(batch_ids, order.cpu().numpy()):
-                    self._orders[i] = o
+        batches = [ids[start:start + chunk] for ids in by_size.values() for start in range(0, len(ids), chunk)]
+        what = f"FPS orders of {total} clouds on {device}, batches of {chunk} clouds done"
+        for batch_ids in log_progress(batches, len(batches), what):
+            xyz = np.stack([normalize_unit_sphere(self.items[i][:, :3]) for i in batch_ids])
+            _, order = farthest_point_sample(torch.from_numpy(xyz).to(device), self._pool_count(xyz.shape[1]))
+            for i, o in zip(batch_ids, order.cpu().numpy()):
+                self._orders[i] = o
 
     def sample(
         self, index: int, randomize: bool, generator: Optional[torch.Generator] = None

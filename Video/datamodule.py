@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from torch.utils.data import Dataset
-
-from pathway.data import SkippingDataset, SplitDataModule
+from pathway.data import (
+    DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_FILE, BadFilePolicy, SkippingDataset, Split, SplitDataModule,
+    check_bad_file_policy, class_folders, first_split_folder,
+)
 from Video.dataset import (
-    READ_ERRORS, BadFilePolicy, VideoClipDataset, VideoRecord, class_folders, read_list_file, scan_class_folders,
+    READ_ERRORS, VideoClipDataset, VideoRecord, collate_repeated, read_list_file, scan_class_folders,
 )
 from Video.decoding import Backend, resolve_backend
 from Video.transforms import TrainClipTransform
@@ -23,10 +24,13 @@ class VideoDataModule(SplitDataModule):
     Layouts (``format``):
       * ``list``: ``<list_dir or root>/<split>.csv`` with ``<path> <label>`` lines (space or comma separated),
         paths relative to ``root`` (the VideoMAE Kinetics lists);
-      * ``folder``: ``<root>/<split>/<class>/<video>``, labels from the sorted class folders of the train split.
+      * ``folder``: ``<root>/<split>/<class>/<video>``, labels from the sorted class folders.
+
+    The class count and list come from the first split that exists (train, val, test), so evaluating needs only
+    the split it evaluates.  ``num_frames`` and ``img_size`` are linked to the model by the CLI.
 
     Args:
-        num_classes: number of classes; when unset, the largest label of the train list + 1 (or the number of
+        num_classes: number of classes; when unset, the largest label of the list + 1 (or the number of
             class folders).  Linked to ``model.num_classes`` by the CLI.
         num_frames / sampling_rate: clip length and frame stride (16 and 4 for Kinetics-400).
         img_size: crop size; ``train_short_side`` the shorter side frames are decoded at for training (default
@@ -35,7 +39,11 @@ class VideoDataModule(SplitDataModule):
             per video by the classifier.
         auto_augment / scale / ratio / hflip / reprob: training augmentation (timm RandAugment string,
             random-resized-crop scale and aspect range, flip and random-erasing probabilities).
-        on_bad_file: ``skip`` (log the path, count, continue) or ``error`` for unreadable videos.
+        num_sample: repeated augmentation (VideoMAE ``--num_sample``, 2 in its Kinetics fine-tuning): each
+            training video is decoded once and augmented ``num_sample`` times independently, so a step sees
+            ``batch_size · num_sample`` clips.  As in VideoMAE, ``batch_size`` (videos) is what the lr scaling
+            (``blr · batch / 256``) and the steps per epoch count.
+        on_bad_file / max_bad_fraction: unreadable videos, see ``pathway.data``.
         decoder: ``auto`` (torchcodec when usable, else PyAV), ``pyav`` or ``torchcodec``.
     """
 
@@ -65,24 +73,32 @@ class VideoDataModule(SplitDataModule):
         reprob: float = 0.25,
         mean: tuple[float, float, float] = (0.485, 0.456, 0.406),
         std: tuple[float, float, float] = (0.229, 0.224, 0.225),
-        on_bad_file: BadFilePolicy = "skip",
+        num_sample: int = 1,
+        on_bad_file: BadFilePolicy = DEFAULT_ON_BAD_FILE,
+        max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION,
         decoder: Backend = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore="num_classes")  # the model's num_classes is linked from the resolved value
+        check_bad_file_policy(on_bad_file)
+        if num_sample < 1:
+            raise ValueError(f"data.num_sample must be >= 1, got {num_sample}")
         if format not in ("list", "folder"):
             raise ValueError(f"data.format must be 'list' or 'folder', got {format!r}")
         self.root = Path(root)
         self.list_dir = Path(list_dir) if list_dir else self.root
         self.batch_size = batch_size
         self.classes: Optional[list[str]] = None
+        splits = (train_split, val_split, test_split)
         if format == "folder":
-            self.classes = class_folders(self.root / train_split)
+            source = first_split_folder(self.root, splits)
+            self.classes = class_folders(source)
             found = len(self.classes)
         else:
-            found = max(r.label for r in self._records(train_split)) + 1
+            source = next((s for s in splits if (self.list_dir / f"{s}.csv").is_file()), train_split)
+            found = max(r.label for r in self._records(source)) + 1
         if num_classes is not None and num_classes < found:
-            raise ValueError(f"data.num_classes={num_classes} but the {train_split} split has labels up to {found - 1}")
+            raise ValueError(f"data.num_classes={num_classes} but the {source} split has labels up to {found - 1}")
         self.num_classes = num_classes if num_classes is not None else found
         log.info("video decoder: %s", resolve_backend(decoder))
 
@@ -91,35 +107,27 @@ class VideoDataModule(SplitDataModule):
             return scan_class_folders(self.root / split, self.classes)
         return read_list_file(self.list_dir / f"{split}.csv", self.root)
 
-    def _dataset(self, split: str, mode: Literal["train", "val", "test"]) -> Dataset:
+    def build_split(self, split: Split) -> SkippingDataset:
         hp = self.hparams
-        records = self._records(split)
+        records = self._records({"train": hp.train_split, "val": hp.val_split, "test": hp.test_split}[split])
         too_large = [r for r in records if r.label >= self.num_classes]
         if too_large:
             raise ValueError(f"split '{split}': label {too_large[0].label} of {too_large[0].path} is >= "
                              f"num_classes {self.num_classes}")
         transform = None
-        if mode == "train":
+        if split == "train":
             transform = TrainClipTransform(hp.img_size, tuple(hp.scale), tuple(hp.ratio), hp.hflip, hp.auto_augment,
                                            hp.reprob, hp.mean, hp.std)
         dataset = VideoClipDataset(
-            records, mode, hp.num_frames, hp.sampling_rate, hp.img_size, transform,
+            records, split, hp.num_frames, hp.sampling_rate, hp.img_size, transform,
             hp.train_short_side or round(hp.img_size * 256 / 224), hp.test_num_clips, hp.test_num_crops,
-            hp.on_bad_file, hp.decoder, tuple(hp.mean), tuple(hp.std),
+            hp.num_sample if split == "train" else 1, hp.decoder, tuple(hp.mean), tuple(hp.std),
         )
-        if mode == "train":
-            return dataset  # replaces unreadable videos itself, so batches keep their size
-        return SkippingDataset(dataset, dataset.describe, hp.on_bad_file, read_errors=READ_ERRORS)
+        views = dataset.num_clips * dataset.num_crops
+        return self.skipping(dataset, dataset.describe, read_errors=READ_ERRORS, items_per_file=views)
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def loader_kwargs(self, train: bool) -> dict[str, Any]:
         hp = self.hparams
-        if stage in (None, "fit"):
-            self.train_set = self._dataset(hp.train_split, "train")
-        if stage in (None, "fit", "validate"):
-            self.val_set = self._dataset(hp.val_split, "val")
-        if stage in (None, "test", "predict"):
-            self.test_set = self._dataset(hp.test_split, "test")
-
-    def loader_kwargs(self, train: bool) -> dict:
-        hp = self.hparams
-        return {"batch_size": hp.batch_size if train else (hp.eval_batch_size or hp.batch_size)}
+        if train:
+            return {"collate_fn": collate_repeated} if hp.num_sample > 1 else {}
+        return {"batch_size": hp.eval_batch_size or hp.batch_size}

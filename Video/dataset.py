@@ -1,30 +1,31 @@
 """Video classification datasets: Kinetics-style list files or class folders, decoded clip by clip.
 
-Training and validation give one clip per video, ``(clip, label)``.  The multi-view test gives every
-``(temporal clip, spatial crop)`` view of every video as its own item, ``(clip, label, video_index)``, so the shared
-classifier averages the views' scores per video (its ``sample_ids``) before computing accuracy.
+Training and validation give one clip per video, ``(clip, label)``; with repeated augmentation (``num_sample > 1``,
+VideoMAE's ``--num_sample``) a training item is ``(clips (num_sample, C, T, H, W), labels (num_sample,))``: one
+decode, ``num_sample`` independent augmentations, flattened into the batch by ``collate_repeated``.  The multi-view
+test gives every ``(temporal clip, spatial crop)`` view of every video as its own item, ``(clip, label,
+video_index)``, so the shared classifier averages the views' scores per video (its ``sample_ids``).
 
-An unreadable video (corrupt, truncated, missing) never kills an epoch unless asked to: with
-``on_bad_file='skip'`` it is logged with its path and counted.  Training replaces it by another random video (the
-batch keeps its size, which batch mixup needs); evaluation items raise :class:`VideoDecodeError`, and the DataModule
-wraps those datasets in ``pathway.data.SkippingDataset`` so the item becomes ``None`` and is dropped by the collate.
+An unreadable video (corrupt, truncated, missing) raises one of ``READ_ERRORS``; the DataModule wraps every split in
+``pathway.data.SkippingDataset``, which skips and counts it or stops the run (``on_bad_file``).
 """
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
-import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Optional, Union
 
 import av
 import numpy as np
+import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pathway.data import class_folders, collate_skipping_none
 from Video.decoding import Backend, VideoDecodeError, open_video
 from Video.sampling import Mode, clip_indices
 from Video.transforms import EvalClipTransform, TrainClipTransform
@@ -32,9 +33,7 @@ from Video.transforms import EvalClipTransform, TrainClipTransform
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv")
-BadFilePolicy = Literal["skip", "error"]
 PathLike = Union[str, os.PathLike]
-MAX_TRAIN_RETRIES = 20
 READ_ERRORS = (VideoDecodeError, av.FFmpegError, OSError, EOFError)
 
 
@@ -74,17 +73,6 @@ def read_list_file(list_file: PathLike, root: PathLike) -> list[VideoRecord]:
     return records
 
 
-def class_folders(split_dir: PathLike) -> list[str]:
-    """Sorted class folder names of a folder-per-class split; label ``k`` is the ``k``-th name."""
-    split_dir = Path(split_dir)
-    if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir}: split folder not found (expected <split>/<class>/<video> files)")
-    names = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not names:
-        raise ValueError(f"{split_dir}: no class folders")
-    return names
-
-
 def scan_class_folders(split_dir: PathLike, classes: Optional[list[str]] = None) -> list[VideoRecord]:
     """Every video under ``<split_dir>/<class>/``; ``classes`` fixes the label order (default: sorted folders)."""
     split_dir = Path(split_dir)
@@ -116,21 +104,21 @@ class VideoClipDataset(Dataset):
         train_short_side: Optional[int] = None,
         test_num_clips: int = 5,
         test_num_crops: int = 3,
-        on_bad_file: BadFilePolicy = "skip",
+        num_sample: int = 1,
         decoder: Backend = "auto",
         mean: tuple[float, ...] = (0.485, 0.456, 0.406),
         std: tuple[float, ...] = (0.229, 0.224, 0.225),
     ) -> None:
         if mode not in ("train", "val", "test"):
             raise ValueError(f"unknown dataset mode {mode!r}; expected 'train', 'val' or 'test'")
-        if on_bad_file not in ("skip", "error"):
-            raise ValueError(f"on_bad_file must be 'skip' or 'error', got {on_bad_file!r}")
+        if num_sample < 1 or (num_sample > 1 and mode != "train"):
+            raise ValueError(f"num_sample={num_sample}: repeated augmentation needs num_sample >= 1, in training only")
         self.records = records
         self.mode = mode
         self.num_frames, self.sampling_rate = num_frames, sampling_rate
         self.num_clips = test_num_clips if mode == "test" else 1
         self.num_crops = test_num_crops if mode == "test" else 1
-        self.on_bad_file = on_bad_file
+        self.num_sample = num_sample
         self.decoder = decoder
         if mode == "train":
             self.transform = train_transform or TrainClipTransform(img_size, mean=mean, std=std)
@@ -138,13 +126,7 @@ class VideoClipDataset(Dataset):
         else:
             self.eval_transform = EvalClipTransform(img_size, self.num_crops, mean=mean, std=std)
             self.short_side = img_size
-        self._skipped = multiprocessing.Value("i", 0)
         self._cache: Optional[tuple[tuple[int, int], Union[np.ndarray, Exception]]] = None
-
-    @property
-    def skipped(self) -> int:
-        """Unreadable videos replaced so far in training, over all DataLoader workers."""
-        return int(self._skipped.value)
 
     def __len__(self) -> int:
         return len(self.records) * self.num_clips * self.num_crops
@@ -188,27 +170,24 @@ class VideoClipDataset(Dataset):
         label = self.records[video].label
         return (clip, label, video) if self.mode == "test" else (clip, label)
 
-    def _train_item(self, index: int) -> tuple[Tensor, int]:
-        video = index
-        for _ in range(MAX_TRAIN_RETRIES):
-            try:
-                frames = self._frames(video, 0)
-            except READ_ERRORS as err:
-                if self.on_bad_file == "error":
-                    raise VideoDecodeError(
-                        f"{self.records[video].path}: unreadable video ({err}); set on_bad_file='skip' to skip it"
-                    ) from err
-                with self._skipped.get_lock():
-                    self._skipped.value += 1
-                log.warning("skipping unreadable video %s (%s); %d skipped so far, using another video instead",
-                            self.records[video].path, err, self.skipped)
-                video = random.randrange(len(self.records))
-                continue
-            return self.transform(frames), self.records[video].label
-        raise VideoDecodeError(
-            f"{MAX_TRAIN_RETRIES} unreadable videos in a row (last: {self.records[video].path}); is the data root right?"
-        )
+    def _train_item(self, video: int) -> tuple[Tensor, Tensor | int]:
+        frames = self._frames(video, 0)
+        label = self.records[video].label
+        if self.num_sample == 1:
+            return self.transform(frames), label
+        clips = torch.stack([self.transform(frames) for _ in range(self.num_sample)])
+        return clips, torch.full((self.num_sample,), label, dtype=torch.long)
 
     def describe(self, index: int) -> str:
         """The file behind item ``index`` (for skip logs)."""
         return str(self.records[index // (self.num_clips * self.num_crops)].path)
+
+
+def collate_repeated(batch: Sequence[Optional[tuple[Tensor, Tensor]]]) -> Optional[tuple[Tensor, Tensor]]:
+    """Repeated-augmentation items -> one batch of ``len(batch) · num_sample`` clips, video by video (as VideoMAE's
+    ``multiple_samples_collate``); unreadable items (``None``) are dropped."""
+    collated = collate_skipping_none(batch)
+    if collated is None:
+        return None
+    clips, labels = collated
+    return clips.flatten(0, 1), labels.flatten(0, 1)

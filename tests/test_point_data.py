@@ -170,7 +170,7 @@ def test_nan_and_empty_files_raise_naming_the_file(tmp_path: Path) -> None:
     np.save(bad, cloud)
     empty = tmp_path / "test" / "sphere" / "empty.txt"
     empty.write_text("")
-    dm = _module(tmp_path, "folder", batch_size=8)
+    dm = _module(tmp_path, "folder", batch_size=8, on_bad_file="error")
     dm.setup("validate")
     with pytest.raises(BadSampleError, match=r"broken\.npy.*NaN/inf"):
         list(dm.val_dataloader())
@@ -188,7 +188,7 @@ def test_nan_in_pickled_clouds_names_the_entry(tmp_path: Path) -> None:
     for split in ("train", "test"):
         with open(tmp_path / f"modelnet40_{split}_8192pts_fps.dat", "wb") as fh:
             pickle.dump([clouds, [0, 1]], fh)
-    dm = _module(tmp_path, "modelnet40_dat")
+    dm = _module(tmp_path, "modelnet40_dat", on_bad_file="error")
     dm.setup("validate")
     with pytest.raises(BadSampleError, match=r"modelnet40_test_8192pts_fps\.dat\[1\]"):
         dm.val_set[1]
