@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Optional, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -25,7 +26,8 @@ class PointClassifier(PathwayClassifier):
 
     Args:
         num_groups / group_size: FPS centres and kNN group size (64/32 for ModelNet40, 128/32 ScanObjectNN).
-        embed_dim / depth / num_heads / mlp_ratio: transformer size (768/12/12/4 = ViT-B).
+        embed_dim / depth / num_heads / mlp_ratio: transformer size (768/12/6/4: ViT-B width and depth with the 6
+            heads of M2PT's widened Point-MAE, whose weights 12 heads would load without error and misread).
         qkv_bias: Point-MAE has none; the pathway works either way.
         drop_path_rate: stochastic depth; head_dropout: dropout in the MLP head.
     Remaining arguments go to ``PathwayClassifier``/``PathwayModule`` (point defaults: no label smoothing,
@@ -38,7 +40,7 @@ class PointClassifier(PathwayClassifier):
         group_size: int = 32,
         embed_dim: int = 768,
         depth: int = 12,
-        num_heads: int = 12,
+        num_heads: int = 6,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = False,
         drop_path_rate: float = 0.1,
@@ -88,7 +90,7 @@ class PointSegmenter(PathwayModule):
         group_size: int = 32,
         embed_dim: int = 768,
         depth: int = 12,
-        num_heads: int = 12,
+        num_heads: int = 6,
         mlp_ratio: float = 4.0,
         qkv_bias: bool = False,
         drop_path_rate: float = 0.1,
@@ -124,6 +126,11 @@ class PointSegmenter(PathwayModule):
 
     def is_head_key(self, key: str) -> bool:
         return key.startswith(("seg_head.", "category_embed.", "propagation."))
+
+    def example_inputs(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, ...]:
+        """2,048-point clouds (the ShapeNetPart size) and their object categories, for export and its checks."""
+        points = torch.randn(batch_size, 2048, 3, generator=generator)
+        return points, torch.randint(0, self.backbone.num_categories, (batch_size,), generator=generator)
 
     def forward(self, points: Tensor, category: Tensor) -> Tensor:  # type: ignore[override]
         return self.backbone(points, category)
