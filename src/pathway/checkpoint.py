@@ -107,10 +107,11 @@ def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...] =
 
 
 def load_state_dict(path: PathLike, trust_pickle: bool = False) -> dict[str, Tensor]:
-    """Read any supported checkpoint file into a flat ``{name: tensor}`` dict on the CPU.
+    """Read any supported checkpoint file into a flat ``{name: tensor}`` dict on the CPU, any pathway folded in.
 
     Files are read with ``weights_only=True`` unless ``trust_pickle`` is set: a pickled ``nn.Module`` (the
-    released M2PT checkpoints) runs arbitrary code when unpickled, so the caller has to opt in.
+    released M2PT checkpoints) runs arbitrary code when unpickled, so the caller has to opt in.  A pathway still
+    in the file is folded (``fold_pathway_state_dict``), so every caller gets the function the file computes.
     """
     path = Path(path)
     if not path.is_file():
