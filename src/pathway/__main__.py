@@ -1,21 +1,28 @@
-"""``python -m pathway <command>``: tools that work on any modality's checkpoints (``export``)."""
+"""``python -m pathway <command>``: tools that work on any modality's checkpoints."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Sequence
 from typing import Optional
 
-COMMANDS = ("export",)
-
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] not in COMMANDS:
-        print(f"usage: python -m pathway {{{','.join(COMMANDS)}}} ...  (got {args[:1] or 'nothing'})", file=sys.stderr)
-        return 2
+    parser = argparse.ArgumentParser(
+        prog="python -m pathway",
+        description="Tools for the checkpoints of every modality. Training, evaluation and prediction run through "
+                    "each modality's own CLI: python -m Image|Video|Point|Point.seg|Audio fit|validate|test|predict.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    commands.add_parser(
+        "export", add_help=False,
+        help="fold the pathway into the weights and write the plain backbone (safetensors, torch.export, ONNX), "
+             "each verified against the checkpoint; see `python -m pathway export --help`",
+    )
+    _, rest = parser.parse_known_args(argv)
     from pathway.export import main as export_main
 
-    return export_main(args[1:])
+    return export_main(rest)
 
 
 if __name__ == "__main__":

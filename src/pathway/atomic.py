@@ -26,6 +26,12 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` to fill a temporary sibling of ``path``, then move it into place atomically."""
     path = Path(path)
@@ -33,6 +39,7 @@ def atomic_write(path: Union[str, os.PathLike], write: Callable[[Path], object])
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # writers that use private temp files (safetensors) would leave 0600
         _fsync(tmp)
         os.replace(tmp, path)
     finally:

@@ -95,7 +95,7 @@ class PathwayClassifier(PathwayModule):
             return
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(self.scores(logits), self._metric_target(y))
-        self.log_dict(metrics, batch_size=x.shape[0])
+        self.log_dict(metrics, batch_size=x.shape[0], prog_bar=True)
 
     def _metric_target(self, y: Tensor) -> Tensor:
         if self.hparams.multilabel:
@@ -138,7 +138,7 @@ class PathwayClassifier(PathwayModule):
         metrics.reset()
         values = {k: v for k, v in metrics(summed / views.unsqueeze(1), per_sample_target).items()}
         metrics.reset()
-        self.log_dict(values, rank_zero_only=True)
+        self.log_dict(values, rank_zero_only=True, prog_bar=True)
         self.log(f"{stage}/num_samples", float(unique.numel()), rank_zero_only=True)
 
     def on_validation_epoch_end(self) -> None:

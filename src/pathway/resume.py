@@ -49,6 +49,29 @@ def resolve_last_checkpoint(default_root_dir: str, checkpoint_dirpath: Optional[
     return str(newest)
 
 
+class LastAndBestCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is refreshed after every validation, as its name promises.
+
+    Lightning 2.6 rewrites ``last.ckpt`` only when a top-k checkpoint was saved at the same step, so an epoch that
+    does not improve the monitored metric leaves ``last.ckpt`` at an older epoch, and ``--ckpt_path last`` (resume,
+    validate, test, predict) would silently go back in time.
+    """
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._refresh_last(trainer)
+
+    def _refresh_last(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class SigtermCheckpoint(L.Callback):
     """On SIGTERM (``kill``, ``timeout``, ``docker stop``, SLURM at the time limit) stop every rank at the same step and
     write the last checkpoint, then exit.
