@@ -3,4 +3,5 @@ from Audio.datamodule import AudioDataModule
 from Audio.model import AudioClassifier
 from pathway.cli import run_cli
 
-run_cli(AudioClassifier, AudioDataModule)
+if __name__ == "__main__":
+    run_cli(AudioClassifier, AudioDataModule)

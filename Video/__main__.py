@@ -3,4 +3,5 @@ from pathway.cli import run_cli
 from Video.datamodule import VideoDataModule
 from Video.model import VideoClassifier
 
-run_cli(VideoClassifier, VideoDataModule)
+if __name__ == "__main__":
+    run_cli(VideoClassifier, VideoDataModule)

@@ -51,7 +51,7 @@ class Modality:
 
 def _image_data(work: Path) -> L.LightningDataModule:
     from Image.datamodule import ImageDataModule
-    from Image.digits import make_digits_imagefolder
+    from demo.digits import make_digits_imagefolder
 
     root = make_digits_imagefolder(work / "data" / "digits", size=32)
     return ImageDataModule(str(root), img_size=32, batch_size=64, num_workers=0, pin_memory=False,

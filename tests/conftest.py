@@ -51,6 +51,6 @@ def aux_ckpt(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def digits_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """scikit-learn digits as ``root/{train,val}/<digit>/*.png`` at 16x16, generated once per session."""
-    from Image.digits import make_digits_imagefolder
+    from demo.digits import make_digits_imagefolder
 
     return make_digits_imagefolder(tmp_path_factory.mktemp("digits"), size=16)

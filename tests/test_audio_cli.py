@@ -1,4 +1,4 @@
-"""The Audio command line: demo config end to end (tiny), and the ViT-B recipes parse."""
+"""The Audio command line: demo config end to end (tiny) and the links from data to model (recipes: test_configs.py)."""
 from __future__ import annotations
 
 import json
@@ -41,23 +41,6 @@ def test_demo_config_fits_and_exports_plain_vit(
     last = sorted((tmp_path / "run").rglob("last.ckpt"))[-1]
     sidecar = export_checkpoint(last, tmp_path / "export", onnx=False)
     assert (tmp_path / "export" / "model.safetensors").is_file() and sidecar
-
-
-def test_print_config_of_vitb_configs(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sys, "argv", ["python"])
-    outputs = {}
-    for name in ("audioset_vitb_pathway", "audioset_vitb_baseline", "esc50_vitb_pathway", "esc50_vitb_baseline"):
-        with pytest.raises(SystemExit) as exit_info:
-            run_cli(AudioClassifier, AudioDataModule, args=["fit", "--config", str(CONFIGS / f"{name}.yaml"),
-                                                            "--print_config"])
-        outputs[name] = capsys.readouterr().out
-        assert exit_info.value.code in (0, None), f"{name}: {outputs[name][-3000:]}"
-        assert "model_name: vit_base_patch16_224" in outputs[name] and "layer_decay: 0.75" in outputs[name]
-        assert "blr: 0.001" in outputs[name] and "max_epochs: 60" in outputs[name]
-    assert "format: audioset" in outputs["audioset_vitb_pathway"]
-    assert "monitor: val/mAP" in outputs["audioset_vitb_pathway"]
-    assert "format: esc50" in outputs["esc50_vitb_baseline"] and "aux_ckpts: []" in outputs["esc50_vitb_baseline"]
-    assert "- checkpoints/point_vit_base.pth" in outputs["esc50_vitb_pathway"]
 
 
 def test_cli_links_fbank_grid_and_label_kind_from_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

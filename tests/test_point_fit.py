@@ -1,15 +1,12 @@
-"""Two-step fits of point classification and part segmentation with a pathway from a tiny image ViT, vote
-testing, and the shipped configs parsing through the CLI."""
+"""Two-step fits of point classification and part segmentation with a pathway from a tiny image ViT, and vote
+testing (the shipped configs parse in test_configs.py)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import lightning as L
-import pytest
 import torch
 
-from pathway.cli import run_cli
 from pathway.surgery import pathway_layers
 from Point.datamodule import PointDataModule, ShapeNetPartDataModule
 from Point.model import PointClassifier, PointSegmenter
@@ -18,7 +15,6 @@ from Point.synthetic import make_shape_dataset, make_shapenetpart_dataset
 # Width 32 / depth 2 / 2 heads: the size of the conftest's tiny timm ViT, which is the (image) aux model.
 TINY = dict(num_groups=8, group_size=8, embed_dim=32, depth=2, num_heads=2)
 SEG = dict(feature_levels=(0, 1), propagation_dims=(32, 16), head_dims=(16, 16))
-CONFIGS = Path(__file__).resolve().parent.parent / "Point" / "configs"
 
 
 def _trainer() -> L.Trainer:
@@ -58,20 +54,3 @@ def test_segmentation_fit_and_validate(tmp_path: Path, aux_ckpt: Path) -> None:
     _check_pathway_trained(model, aux_ckpt)
     result = trainer.validate(model, dm, verbose=False)[0]
     assert 0.0 < result["val/ins_miou"] <= 1.0 and 0.0 < result["val/cls_miou"] <= 1.0
-
-
-@pytest.mark.parametrize("config, seg", [
-    ("modelnet40_pathway", False), ("modelnet40_baseline", False), ("scanobjectnn_hardest_pathway", False),
-    ("scanobjectnn_hardest_baseline", False), ("shapenetpart_pathway", True), ("shapenetpart_baseline", True),
-])
-def test_paper_configs_parse(
-    config: str, seg: bool, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sys, "argv", ["python -m Point"])
-    classes = (PointSegmenter, ShapeNetPartDataModule) if seg else (PointClassifier, PointDataModule)
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(*classes, args=["fit", "--config", str(CONFIGS / f"{config}.yaml"), "--print_config"])
-    assert exit_info.value.code in (0, None)
-    printed = capsys.readouterr().out
-    assert "embed_dim: 768" in printed and "depth: 12" in printed and "max_epochs: 300" in printed
-    assert ("aux_ckpts: []" in printed) == config.endswith("baseline")

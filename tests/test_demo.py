@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from Image.demo import main
+from demo.cross_modal import main
 
 
 def test_demo_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
