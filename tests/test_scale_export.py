@@ -50,11 +50,11 @@ def test_export_writes_verified_plain_model(trained, tmp_path: Path) -> None:
         assert not torch.allclose(plain.blocks[0].attn.qkv.weight, unmerged_target["blocks.0.attn.qkv.weight"])
 
 
-def test_image_export_module_runs_the_same_command(trained, tmp_path: Path, monkeypatch) -> None:
+def test_python_m_pathway_export_runs(trained, tmp_path: Path, monkeypatch) -> None:
     ckpt, _, _ = trained
-    monkeypatch.setattr(sys, "argv", ["Image.export", str(ckpt), "--out", str(tmp_path), "--no-onnx"])
+    monkeypatch.setattr(sys, "argv", ["pathway", "export", str(ckpt), "--out", str(tmp_path), "--no-onnx"])
     with pytest.raises(SystemExit) as exit_info:
-        runpy.run_module("Image.export", run_name="__main__")
+        runpy.run_module("pathway", run_name="__main__")
     assert exit_info.value.code == 0 and (tmp_path / "model.pt2").is_file()
 
 
