@@ -38,7 +38,8 @@ LAYOUTS: dict[str, Callable[[dict[str, Tensor]], Any]] = {
                                          "decoder_embed.weight": torch.randn(16, 32)}},
     "audiomae_pretrain": lambda s: {"model": {**s, **_decoder("decoder_blocks."), "decoder_pred.weight":
                                               torch.randn(256, 16)}},
-    "videomae_pretrain": lambda s: {"model": {**{"encoder." + k: v for k, v in s.items()}, **_decoder("decoder.blocks."),
+    "videomae_pretrain": lambda s: {"model": {**{"encoder." + k: v for k, v in s.items()},
+                                              **_decoder("decoder.blocks."),
                                               "encoder_to_decoder.weight": torch.randn(16, 32),
                                               "mask_token": torch.zeros(1, 1, 16)}},
     "point_mae_pretrain": lambda s: {"base_model": {**{"MAE_encoder." + k: v for k, v in
