@@ -3,7 +3,7 @@
 Key layouts as the reference code bases save them (each with a decoder of another width and depth, which must
 never be taken for the encoder): MAE / AudioMAE pre-training (``blocks`` + ``decoder_*``), VideoMAE pre-training
 (``encoder.blocks`` + ``decoder.blocks``), Point-MAE pre-training (``MAE_encoder.blocks.blocks`` +
-``MAE_decoder.blocks.blocks``, under ``base_model``) and fine-tuning (``module.blocks.blocks``).
+``MAE_decoder.blocks``, under ``base_model``) and fine-tuning (``module.blocks.blocks``).
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ LAYOUTS: dict[str, Callable[[dict[str, Tensor]], Any]] = {
     "point_mae_pretrain": lambda s: {"base_model": {**{"MAE_encoder." + k: v for k, v in
                                                        _encoder(s, "blocks.blocks.").items()},
                                                     "MAE_encoder.encoder.first_conv.0.weight": torch.randn(128, 3, 1),
-                                                    **_decoder("MAE_decoder.blocks.blocks."),
+                                                    **_decoder("MAE_decoder.blocks."),
                                                     "mask_token": torch.zeros(1, 1, 32)}},
     "point_mae_finetune": lambda s: {"base_model": {"module." + k: v for k, v in
                                                     {**_encoder(s, "blocks.blocks."),
