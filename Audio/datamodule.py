@@ -20,7 +20,7 @@ from Audio.labels import (
 from Audio.synthetic import make_tone_dataset
 from pathway.data import (
     DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_FILE, BadFilePolicy, SkippingDataset, Split, SplitDataModule,
-    WeightedDistributedSampler, check_bad_file_policy, class_folders, first_split_folder,
+    WeightedDistributedSampler, class_folders, first_split_folder,
 )
 
 DatasetFormat = Literal["audioset", "esc50", "folder"]
@@ -88,7 +88,6 @@ class AudioDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_bad_file_policy(on_bad_file)
         if (weight_csv or epoch_len) and not weight_sampler:
             raise ValueError("data.weight_csv and data.epoch_len apply only with data.weight_sampler: true")
         self.format = format

@@ -10,7 +10,7 @@ from torchvision.datasets import ImageFolder
 
 from pathway.data import (
     DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_FILE, BadFilePolicy, SkippingDataset, Split, SplitDataModule,
-    check_bad_file_policy, class_folders, first_split_folder,
+    class_folders, first_split_folder,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,6 @@ class ImageDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore="num_classes")  # the model's num_classes is linked from the resolved value
-        check_bad_file_policy(on_bad_file)
         self.root = Path(root)
         self.class_source = first_split_folder(self.root, (train_split, val_split, test_split))
         self.classes = class_folders(self.class_source)

@@ -24,7 +24,7 @@ import torch
 
 from pathway.data import (
     DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_FILE, BadFilePolicy, SkippingDataset, Split, SplitDataModule,
-    check_bad_file_policy, class_folders, first_split_folder,
+    class_folders, first_split_folder,
 )
 from Point.datasets import PointClassificationDataset, ShapeNetPartDataset
 from Point.parts import NUM_CATEGORIES, NUM_PARTS, SHAPENETPART_CATEGORIES
@@ -96,7 +96,6 @@ class PointDataModule(SplitDataModule):
         self.save_hyperparameters(ignore="num_classes")
         if format not in FORMATS:
             raise ValueError(f"unknown point data format '{format}' (expected one of {list(FORMATS)})")
-        check_bad_file_policy(on_bad_file)
         self.root = Path(root)
         self.format = format
         self.variant = variant or ("hardest" if format == "scanobjectnn" else "modelnet40")
@@ -204,7 +203,6 @@ class ShapeNetPartDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        check_bad_file_policy(on_bad_file)
         self.root = Path(root)
         self.synsets = self._read_categories()
         self.num_classes = NUM_PARTS

@@ -7,7 +7,7 @@ from typing import Any, Literal, Optional
 
 from pathway.data import (
     DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_FILE, BadFilePolicy, SkippingDataset, Split, SplitDataModule,
-    check_bad_file_policy, class_folders, first_split_folder,
+    class_folders, first_split_folder,
 )
 from Video.dataset import (
     READ_ERRORS, VideoClipDataset, VideoRecord, collate_repeated, read_list_file, scan_class_folders,
@@ -80,7 +80,6 @@ class VideoDataModule(SplitDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore="num_classes")  # the model's num_classes is linked from the resolved value
-        check_bad_file_policy(on_bad_file)
         if num_sample < 1:
             raise ValueError(f"data.num_sample must be >= 1, got {num_sample}")
         if format not in ("list", "folder"):

@@ -105,6 +105,8 @@ def test_epoch_without_a_readable_sample_stops_the_run() -> None:
 
 
 def test_many_unreadable_in_a_row_stop_at_once() -> None:
+    with pytest.raises(ValueError, match="on_bad_file must be 'skip' or 'error', got 'ignore'"):
+        SkippingDataset(Numbers(1, set()), str, on_bad_file="ignore")  # type: ignore[arg-type]
     data = SkippingDataset(Numbers(100, set(range(100))), lambda i: f"file{i}.bin")
     for index in range(MAX_CONSECUTIVE_BAD - 1):
         assert data[index] is None

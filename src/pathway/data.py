@@ -1,9 +1,10 @@
 """Data-loading pieces every modality shares: the split/loader contract, class folders, and bad-file handling.
 
 Bad files.  A reader raises ``BadSampleError`` (naming the file) for a file it cannot use.  ``SkippingDataset``
-turns that into a hard error (``on_bad_file='error'``) or a skip (``'skip'``, the default): the item becomes
-``None``, the collate drops it, the file is logged once per process (not again every epoch) and counted.  A skip
-never hides a broken data set:
+turns that into a hard error (``on_bad_file='error'``) or a skip (``'skip'``, ``DEFAULT_ON_BAD_FILE`` in every
+modality: a days-long run should not die on one corrupt file among millions): the item becomes ``None``, the
+collate drops it, the file is logged once per process (not again every epoch) and counted.  A skip never hides a
+broken data set:
 
 * ``MAX_CONSECUTIVE_BAD`` unreadable samples in a row stop the run at once (a wrong root, an unmounted disk);
 * at the end of every epoch ``BadSampleMonitor`` logs ``data/<split>_skipped`` and stops the run when the epoch
@@ -50,13 +51,6 @@ class BadSampleError(RuntimeError):
 
 class BadDataError(RuntimeError):
     """The data as a whole is unusable (too many unreadable files, a split smaller than one batch): stop the run."""
-
-
-def check_bad_file_policy(on_bad_file: str) -> BadFilePolicy:
-    """``on_bad_file`` itself, or a ``ValueError`` naming the accepted values."""
-    if on_bad_file not in ("skip", "error"):
-        raise ValueError(f"on_bad_file must be 'skip' or 'error', got {on_bad_file!r}")
-    return on_bad_file  # type: ignore[return-value]
 
 
 def class_folders(split_dir: Union[str, os.PathLike]) -> list[str]:
@@ -115,7 +109,9 @@ class SkippingDataset(Dataset):
         read_errors: tuple[type[BaseException], ...] = (BadSampleError, OSError),
         items_per_file: int = 1,
     ) -> None:
-        self.on_bad_file = check_bad_file_policy(on_bad_file)
+        if on_bad_file not in ("skip", "error"):
+            raise ValueError(f"on_bad_file must be 'skip' or 'error', got {on_bad_file!r}")
+        self.on_bad_file = on_bad_file
         self.read_errors = read_errors
         self.dataset = dataset
         self.describe = describe
