@@ -138,15 +138,12 @@ def test_pathway_state_dict_round_trip(tiny_input: torch.Tensor, merged: bool) -
     # A fresh pathway model from other target and aux weights: everything must come from the state dict.
     fresh = reparameterize_aux_into_target_model(make_vit(seed=50), make_vit(seed=51, num_classes=7))
     fresh.load_state_dict(state, strict=True)
-    assert all(layer.is_merged == merged for _, layer in pathway_layers(fresh))
+    assert not any(layer.is_merged for _, layer in pathway_layers(fresh)), "a state dict is always the unmerged one"
     with torch.no_grad():
         torch.testing.assert_close(fresh(tiny_input), expected, atol=ATOL, rtol=0)
-        if merged:
-            unmerge_pathway_(fresh)
-            torch.testing.assert_close(fresh(tiny_input), expected, atol=ATOL, rtol=0)
-            torch.testing.assert_close(
-                fresh.blocks[0].mlp.fc1.weight, make_vit(seed=0).blocks[0].mlp.fc1.weight, atol=1e-6, rtol=0
-            )
+        torch.testing.assert_close(
+            fresh.blocks[0].mlp.fc1.weight, make_vit(seed=0).blocks[0].mlp.fc1.weight, atol=1e-6, rtol=0
+        )
 
 
 @pytest.mark.parametrize("merge_first", [False, True])
@@ -244,8 +241,10 @@ def _group_of(groups: list[dict], tensor: torch.Tensor) -> list[dict]:
     return [g for g in groups if any(p is tensor for p in g["params"])]
 
 
-def test_aux_frozen_by_default_and_never_decayed(tiny_input: torch.Tensor) -> None:
-    model = _pathway_vit(lambda_init=0.1)
+def test_frozen_aux_gets_no_optimizer_state_and_lambda_no_weight_decay(tiny_input: torch.Tensor) -> None:
+    model = reparameterize_aux_into_target_model(
+        make_vit(seed=0), make_vit(seed=123, num_classes=7), lambda_init=0.1, aux_trainable=False
+    )
     params = dict(model.named_parameters())
     assert not [n for n in params if "aux_weight" in n]
     assert len([n for n in params if n.endswith("lambdas")]) == 8
@@ -268,16 +267,33 @@ def test_aux_frozen_by_default_and_never_decayed(tiny_input: torch.Tensor) -> No
     assert all(id(layer.lambdas) in state_ids for _, layer in pathway_layers(model))
 
 
-def test_trainable_aux_is_optimized_without_weight_decay(tiny_input: torch.Tensor) -> None:
-    model = reparameterize_aux_into_target_model(
-        make_vit(seed=0), make_vit(seed=123, num_classes=7), lambda_init=0.1, aux_trainable=True
-    )
+@pytest.mark.parametrize("lambda_lr_scale", [1.0, 10.0])
+def test_trained_aux_get_their_blocks_lr_and_weight_decay_lambda_none(
+    tiny_input: torch.Tensor, lambda_lr_scale: float
+) -> None:
+    """As in the reference fine-tuning: aux weights are weights of their block (weight decay 0.05, the block's
+    layer-decay lr scale); only λ escapes weight decay, at its block's lr times ``lambda_lr_scale``."""
+    model = reparameterize_aux_into_target_model(make_vit(seed=0), make_vit(seed=123, num_classes=7), lambda_init=0.1)
     model(tiny_input).sum().backward()
-    groups = layer_decay_param_groups(model, lr=1e-3, weight_decay=0.05, layer_decay=0.75)
+    groups = layer_decay_param_groups(model, lr=1e-3, weight_decay=0.05, layer_decay=0.5,
+                                      lambda_lr_scale=lambda_lr_scale)
+    grouped = [p for g in groups for p in g["params"]]
+    assert len(grouped) == len(list(model.parameters())) == len({id(p) for p in grouped})
+    block_scales = {}
     for name, layer in pathway_layers(model):
+        block = int(name.split(".")[1])
         assert layer.aux_weight_0.requires_grad and layer.aux_weight_0.grad is not None, name
-        aux_groups = _group_of(groups, layer.aux_weight_0)
-        assert len(aux_groups) == 1 and aux_groups[0]["weight_decay"] == 0.0, f"{name} trainable aux is decayed"
+        (aux_group,) = _group_of(groups, layer.aux_weight_0)
+        (weight_group,) = _group_of(groups, layer.weight)
+        (lam_group,) = _group_of(groups, layer.lambdas)
+        assert aux_group["weight_decay"] == 0.05, f"{name} trained aux gets no weight decay"
+        assert aux_group["lr_scale"] == weight_group["lr_scale"], f"{name} aux lr scale is not its block's"
+        assert lam_group["weight_decay"] == 0.0, f"{name} λ is weight-decayed"
+        assert lam_group["lr_scale"] == pytest.approx(weight_group["lr_scale"] * lambda_lr_scale)
+        assert lam_group["lr"] == pytest.approx(1e-3 * lam_group["lr_scale"])
+        block_scales[block] = aux_group["lr_scale"]
+    # depth 2 + embeddings + head = 4 layer ids: block i has 0.5 ** (3 - (i + 1))
+    assert block_scales == {0: pytest.approx(0.25), 1: pytest.approx(0.5)}
 
 
 def test_depth_mismatch_is_an_error_naming_the_blocks() -> None:
@@ -346,5 +362,7 @@ def test_merged_vit_base_loads_strictly_into_plain_timm_vit_base() -> None:
         torch.testing.assert_close(fuse_pathway(target)(x), expected, atol=1e-4, rtol=1e-4)
     target_params = {n: p.numel() for n, p in target.named_parameters()}
     lambdas = sum(v for n, v in target_params.items() if n.endswith("lambdas"))
-    assert lambdas == 12 * 4  # one λ per layer, aux weights are buffers
-    assert sum(p.numel() for p in plain.parameters()) == sum(target_params.values()) - lambdas
+    aux = sum(v for n, v in target_params.items() if ".aux_weight_" in n)
+    assert lambdas == 12 * 4  # one λ per layer
+    assert aux == 12 * (3 * 768 * 768 + 768 * 768 + 2 * 4 * 768 * 768)  # trained aux: one weight per layer
+    assert sum(p.numel() for p in plain.parameters()) == sum(target_params.values()) - lambdas - aux

@@ -106,25 +106,31 @@ def test_gradients_match_plain_autograd(bias: bool) -> None:
         torch.testing.assert_close(layer.bias.grad, b.grad)
 
 
-def test_aux_frozen_by_default() -> None:
+def test_aux_trained_by_default_as_in_the_reference_code() -> None:
+    """The reference `CrossModalReparamLinear(is_aux_trainable=True)` registers the aux weight as a Parameter."""
     layer = PathwayLinear(_linear(), [_aux(1)], lambda_init=0.1)
+    params = dict(layer.named_parameters())
+    assert isinstance(params.get("aux_weight_0"), nn.Parameter)
+    assert "aux_weight_0" not in dict(layer.named_buffers())
+    assert "aux_weight_0" in layer.state_dict()
+    layer(_x()).sum().backward()
+    assert layer.aux_weight_0.grad is not None and layer.aux_weight_0.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("save_aux", [True, False])
+def test_frozen_aux_is_a_buffer_saved_only_with_save_aux(save_aux: bool) -> None:
+    layer = PathwayLinear(_linear(), [_aux(1)], lambda_init=0.1, aux_trainable=False, save_aux=save_aux)
     param_names = {n for n, _ in layer.named_parameters()}
     assert param_names == {"weight", "bias", "lambdas"}
     assert "aux_weight_0" in dict(layer.named_buffers())
-    assert "aux_weight_0" in layer.state_dict()
+    assert ("aux_weight_0" in layer.state_dict()) == save_aux
+    assert set(layer.state_dict()) - {"aux_weight_0"} == {"weight", "bias", "lambdas"}  # no merge bookkeeping
+    fresh = PathwayLinear(_linear(seed=3), [_aux(1)], aux_trainable=False, save_aux=save_aux)
+    fresh.load_state_dict(layer.state_dict(), strict=True)
     layer(_x()).sum().backward()
     assert not layer.aux_weight_0.requires_grad and layer.aux_weight_0.grad is None
     assert layer.lambdas.grad is not None and layer.lambdas.grad.abs().sum() > 0
     assert layer.weight.grad is not None
-
-
-def test_aux_trainable_is_parameter_with_grad() -> None:
-    layer = PathwayLinear(_linear(), [_aux(1)], lambda_init=0.1, aux_trainable=True)
-    params = dict(layer.named_parameters())
-    assert isinstance(params.get("aux_weight_0"), nn.Parameter)
-    assert "aux_weight_0" not in dict(layer.named_buffers())
-    layer(_x()).sum().backward()
-    assert layer.aux_weight_0.grad is not None and layer.aux_weight_0.grad.abs().sum() > 0
 
 
 def test_aux_weights_are_copies() -> None:
@@ -170,7 +176,7 @@ def test_merge_unmerge_idempotent_and_reversible(bias: bool) -> None:
     w0 = layer.weight.detach().clone()
     ref = layer(_x()).detach()
     layer.merge_()
-    assert layer.is_merged and bool(layer.merged)
+    assert layer.is_merged
     w_merged = layer.weight.detach().clone()
     assert not torch.allclose(w_merged, w0)
     torch.testing.assert_close(w_merged, w0 + 0.4 * (_aux(1) + _aux(2)), atol=1e-6, rtol=0)
@@ -179,24 +185,28 @@ def test_merge_unmerge_idempotent_and_reversible(bias: bool) -> None:
     assert torch.equal(layer.weight, w_merged), "a second merge_ folded λ·W_aux in again"
     torch.testing.assert_close(layer(_x()), ref, atol=1e-5, rtol=0)
     layer.unmerge_()
-    assert not layer.is_merged and not bool(layer.merged)
+    assert not layer.is_merged
     torch.testing.assert_close(layer.weight, w0, atol=1e-6, rtol=0)
     layer.unmerge_()
     torch.testing.assert_close(layer.weight, w0, atol=1e-6, rtol=0)
     torch.testing.assert_close(layer(_x()), ref, atol=1e-5, rtol=0)
 
 
-def test_lambda_changed_after_merge_is_still_honoured() -> None:
+def test_merged_forward_is_a_plain_linear_and_unmerge_subtracts_what_was_folded() -> None:
     aux = _aux(1)
     layer = PathwayLinear(_linear(), [aux], lambda_init=0.4)
     w0 = layer.weight.detach().clone()
     layer.merge_()
     with torch.no_grad():
         layer.lambdas.fill_(-0.3)
-    expected = _x() @ (w0 - 0.3 * aux).T + layer.bias.detach()
-    torch.testing.assert_close(layer(_x()), expected, atol=1e-5, rtol=0)
+    x = _x().requires_grad_()
+    out = layer(x)
+    assert out.grad_fn.name() == "AddmmBackward0", "merged forward must not run the pathway function"
+    torch.testing.assert_close(out, x @ (w0 + 0.4 * aux).T + layer.bias, atol=1e-5, rtol=0)
     layer.unmerge_()
     torch.testing.assert_close(layer.weight, w0, atol=1e-6, rtol=0)
+    expected = _x() @ (w0 - 0.3 * aux).T + layer.bias.detach()
+    torch.testing.assert_close(layer(_x()), expected, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -249,18 +259,24 @@ def test_merge_refuses_non_finite() -> None:
         layer.fuse()
 
 
-def test_merged_flag_survives_state_dict_round_trip() -> None:
+@pytest.mark.parametrize("aux_trainable", [True, False])
+def test_state_dict_of_a_merged_layer_is_the_unmerged_layer(aux_trainable: bool) -> None:
     aux = _aux(1)
-    layer = PathwayLinear(_linear(seed=0), [aux], lambda_init=0.6)
+    layer = PathwayLinear(_linear(seed=0), [aux], lambda_init=0.6, aux_trainable=aux_trainable)
     ref = layer(_x()).detach()
     layer.merge_()
     state = layer.state_dict()
-    assert bool(state["merged"])
-    fresh = PathwayLinear(_linear(seed=5), [_aux(9)], lambda_init=0.0)
-    assert not fresh.is_merged
+    assert set(state) == {"weight", "bias", "lambdas", "aux_weight_0"}
+    torch.testing.assert_close(state["weight"], _linear(seed=0).weight, atol=1e-6, rtol=0)
+    assert layer.is_merged and not torch.allclose(layer.weight, state["weight"]), "saving must not unmerge the layer"
+    fresh = PathwayLinear(_linear(seed=5), [_aux(9)], lambda_init=0.0, aux_trainable=aux_trainable)
     fresh.load_state_dict(state)
-    assert fresh.is_merged
+    assert not fresh.is_merged
     torch.testing.assert_close(fresh(_x()), ref, atol=1e-5, rtol=0)
-    fresh.unmerge_()
-    torch.testing.assert_close(fresh.weight, _linear(seed=0).weight, atol=1e-6, rtol=0)
-    torch.testing.assert_close(fresh(_x()), ref, atol=1e-5, rtol=0)
+    # Loading into a merged layer leaves it unmerged with the loaded weights (no stale fold to subtract later).
+    other = PathwayLinear(_linear(seed=7), [aux], lambda_init=0.2, aux_trainable=aux_trainable).merge_()
+    other.load_state_dict(state)
+    assert not other.is_merged
+    torch.testing.assert_close(other(_x()), ref, atol=1e-5, rtol=0)
+    other.unmerge_()
+    torch.testing.assert_close(other(_x()), ref, atol=1e-5, rtol=0)

@@ -1,5 +1,5 @@
-"""Training with the pathway: optimizer/schedule helpers, a 2-step Lightning fit of the Image classifier, the
-callbacks, Lightning checkpoints without aux weights, mixup/cutmix and multi-view evaluation."""
+"""Training with the pathway: optimizer/schedule helpers, 2-step Lightning fits of the Image classifier (frozen aux
+and the paper's trained aux), the callbacks, reloading trained checkpoints, mixup/cutmix and multi-view evaluation."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +20,7 @@ from Image.model import ImageClassifier
 from pathway import CheckpointError, PathwayLinear, pathway_layers, reparameterize_aux_into_target_model
 from pathway.callbacks import LambdaMonitor, MergedCheckpoint
 from pathway.mixup import BatchMixup
+from pathway.module import PathwayModule
 from pathway.optim import layer_decay_param_groups, warmup_cosine_factor
 
 LR = 1e-3
@@ -101,7 +102,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, digits_root: Path) -> Trai
     aux_path = out / "aux_vit.pt"
     torch.save(make_vit(seed=123, num_classes=7).state_dict(), aux_path)
     L.seed_everything(0)
-    model = _model([str(aux_path)])
+    model = _model([str(aux_path)], aux_trainable=False)
     lambdas_before = {n: layer.lambdas.detach().clone() for n, layer in pathway_layers(model.backbone)}
     aux_before = {n: layer.aux_weight_0.clone() for n, layer in pathway_layers(model.backbone)}
     recorder, merged = _RecordLR(), MergedCheckpoint(dirpath=str(out / "export"))
@@ -124,7 +125,7 @@ def _eval_batch(trained: Trained) -> torch.Tensor:
     return x
 
 
-def test_fit_moves_lambdas_but_not_aux(trained: Trained) -> None:
+def test_fit_moves_lambdas_but_not_frozen_aux(trained: Trained) -> None:
     assert trained.trainer.global_step == 2
     layers = dict(pathway_layers(trained.model.backbone))
     assert len(layers) == 8
@@ -210,17 +211,124 @@ def test_lightning_checkpoint_without_aux_weights(trained: Trained) -> None:
 
 def test_changed_or_missing_aux_file_is_refused(trained: Trained) -> None:
     original = trained.aux_path.read_bytes()
+    digest = torch.load(trained.ckpt_path, map_location="cpu", weights_only=True)["pathway_aux_sha256"]
     try:
         torch.save(make_vit(seed=999, num_classes=7).state_dict(), trained.aux_path)
         with pytest.raises(CheckpointError, match="changed") as info:
             ImageClassifier.load_from_checkpoint(trained.ckpt_path)
         assert str(trained.aux_path) in str(info.value)
         trained.aux_path.unlink()
-        with pytest.raises(CheckpointError) as info:
+        with pytest.raises(CheckpointError, match="missing") as info:
             ImageClassifier.load_from_checkpoint(trained.ckpt_path)
-        assert str(trained.aux_path) in str(info.value)
+        message = str(info.value)
+        assert str(trained.aux_path) in message and digest[str(trained.aux_path)] in message
+        assert "merged.safetensors" in message and "python -m pathway export" in message
     finally:
         trained.aux_path.write_bytes(original)
+
+
+def test_resuming_with_another_aux_file_is_refused(trained: Trained, tmp_path: Path) -> None:
+    """Frozen aux stored by reference are not in the state dict: a model built from other aux weights would load
+    the checkpoint strictly and silently compute another function."""
+    other = tmp_path / "other_aux.pt"
+    torch.save(make_vit(seed=321, num_classes=7).state_dict(), other)
+    model = _model([str(other)], aux_trainable=False)
+    checkpoint = torch.load(trained.ckpt_path, map_location="cpu", weights_only=True)
+    with pytest.raises(CheckpointError, match="trained with auxiliary models .*aux_vit.pt.*built from .*other_aux.pt"):
+        model.on_load_checkpoint(checkpoint)
+
+
+def test_reload_reads_no_target_file_and_builds_the_recorded_class(tmp_path: Path, digits_root: Path) -> None:
+    """The trained weights are in the checkpoint: a moved pre-training file must not matter."""
+    target = tmp_path / "target.pt"
+    torch.save(make_vit(seed=5, num_classes=7).state_dict(), target)
+    aux = tmp_path / "aux.pt"
+    torch.save(make_vit(seed=123, num_classes=7).state_dict(), aux)
+    model = _fit(_model([str(aux)], target_ckpt=str(target), lambda_init=0.1), digits_root, tmp_path)
+    ckpt = tmp_path / "trained.ckpt"
+    model.trainer.save_checkpoint(ckpt)
+    target.rename(tmp_path / "moved.pt")
+    aux.unlink()  # trained aux are in the checkpoint too
+    x = torch.randn(2, 3, 16, 16)
+    for cls in (ImageClassifier, PathwayModule):
+        restored = cls.load_from_checkpoint(ckpt).eval()
+        assert type(restored) is ImageClassifier
+        assert restored.hparams.target_ckpt == str(target) and restored.hparams.aux_ckpts == [str(aux)]
+        with torch.no_grad():
+            torch.testing.assert_close(restored(x), model.eval()(x), atol=1e-6, rtol=0)
+
+
+def _fit(model: ImageClassifier, root: Path, out: Path, callbacks: tuple = (), **trainer_args: Any) -> ImageClassifier:
+    args: dict[str, Any] = dict(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                                limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
+                                default_root_dir=str(out), callbacks=list(callbacks))
+    L.Trainer(**{**args, **trainer_args}).fit(model, datamodule=_datamodule(root))
+    return model
+
+
+def test_trained_aux_fit_the_papers_way(tmp_path: Path, digits_root: Path, aux_ckpt: Path) -> None:
+    """Default = the reference code's method: aux weights are trained with their block's lr and weight decay 0.05,
+    λ without weight decay at its block's lr times lambda_lr_scale; the checkpoint carries the trained aux."""
+    L.seed_everything(0)
+    model = _model([str(aux_ckpt)], lambda_init=0.1, lambda_lr_scale=10.0)
+    aux_before = {n: layer.aux_weight_0.detach().clone() for n, layer in pathway_layers(model.backbone)}
+    recorder = _RecordLR()
+    trainer = _fit(model, digits_root, tmp_path, callbacks=(recorder,)).trainer
+    optimizer = trainer.optimizers[0]
+
+    def group_of(param: torch.Tensor) -> dict:
+        (group,) = [g for g in optimizer.param_groups if any(p is param for p in g["params"])]
+        return group
+
+    for name, layer in pathway_layers(model.backbone):
+        assert not torch.equal(layer.aux_weight_0, aux_before[name]), f"aux of {name} was not trained"
+        block_lr = group_of(layer.weight)["initial_lr"]
+        assert group_of(layer.aux_weight_0)["weight_decay"] == 0.05
+        assert group_of(layer.aux_weight_0)["initial_lr"] == pytest.approx(block_lr)
+        assert group_of(layer.lambdas)["weight_decay"] == 0.0
+        assert group_of(layer.lambdas)["initial_lr"] == pytest.approx(10.0 * block_lr)
+    assert not model._ddp_params_and_buffers_to_ignore, "trained aux are parameters DDP must synchronise"
+    checkpoint = {"state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    assert "backbone.blocks.0.attn.qkv.aux_weight_0" in checkpoint["state_dict"]
+    assert "pathway_aux_sha256" not in checkpoint
+
+
+def test_frozen_aux_are_ignored_by_ddp(aux_ckpt: Path) -> None:
+    model = _model([str(aux_ckpt)], aux_trainable=False)
+    ignored = set(model._ddp_params_and_buffers_to_ignore)
+    assert ignored == {f"backbone.{n}.aux_weight_0" for n, _ in pathway_layers(model.backbone)}
+    assert ignored.isdisjoint(model.state_dict()), "frozen aux stored by reference are not in the state dict"
+
+
+def test_head_init_std_reinitialises_the_head_after_loading_the_target(tmp_path: Path) -> None:
+    target = tmp_path / "target.pt"
+    source = make_vit(seed=5, num_classes=10)
+    with torch.no_grad():
+        source.head.weight.fill_(0.5)
+        source.head.bias.fill_(0.5)
+    torch.save(source.state_dict(), target)
+    kept = _model([], target_ckpt=str(target))
+    assert torch.equal(kept.backbone.head.weight, source.head.weight)
+    model = _model([], target_ckpt=str(target), head_init_std=2e-5)
+    head = model.backbone.head
+    assert float(head.weight.std()) == pytest.approx(2e-5, rel=0.2) and float(head.weight.abs().max()) < 1e-4
+    assert not head.bias.any()
+    assert torch.equal(model.backbone.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+
+
+def test_lr_schedule_per_epoch(tmp_path: Path, digits_root: Path) -> None:
+    """Point-MAE steps its cosine once per epoch: the lr is constant within an epoch."""
+    recorder = _RecordLR()
+    model = _model([], lr_schedule_interval="epoch")
+    _fit(model, digits_root, tmp_path, callbacks=(recorder,), max_steps=-1, max_epochs=2, limit_train_batches=2)
+    lrs = [lrs[0] for _, lrs, _ in recorder.records]
+    assert len(lrs) == 4
+    assert lrs[0] == lrs[1] and lrs[2] == lrs[3] and lrs[2] < lrs[0]
+    scale = recorder.records[0][2][0]
+    assert lrs[2] == pytest.approx(LR * scale * warmup_cosine_factor(1, 0, 2, MIN_LR / LR))
+    with pytest.raises(ValueError, match="lr_schedule_interval"):
+        _model([], lr_schedule_interval="batch")
 
 
 def test_store_aux_in_checkpoint_keeps_aux(aux_ckpt: Path) -> None:
@@ -316,7 +424,7 @@ def test_multi_view_scores_are_averaged_per_sample(tmp_path: Path) -> None:
 
 
 def test_ema_callback_averages_a_pathway_model(digits_root: Path, aux_ckpt: Path) -> None:
-    """EMA is Lightning's EMAWeightAveraging: it must cope with the pathway's buffers (frozen aux, bool flag)."""
+    """EMA is Lightning's EMAWeightAveraging: it must cope with the pathway's buffers (frozen aux)."""
     from lightning.pytorch.callbacks import EMAWeightAveraging
 
     class LastLambdas(L.Callback):
@@ -324,7 +432,7 @@ def test_ema_callback_averages_a_pathway_model(digits_root: Path, aux_ckpt: Path
             self.value = next(iter(pathway_layers(pl_module.backbone)))[1].lambdas.detach().clone()
 
     L.seed_everything(0)
-    model = _model([str(aux_ckpt)])
+    model = _model([str(aux_ckpt)], aux_trainable=False)
     aux_before = next(iter(pathway_layers(model.backbone)))[1].aux_weight_0.clone()
     last = LastLambdas()
     trainer = L.Trainer(max_steps=3, accelerator="cpu", logger=False, enable_checkpointing=False, limit_val_batches=1,

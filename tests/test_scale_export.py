@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 import pathway.export as export
 from _scale_utils import TINY_IMAGE_MODEL, save_aux, train_image_checkpoint
 from pathway.__main__ import main as pathway_main
-from pathway.module import file_sha256
+from pathway.checkpoint import file_sha256
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,8 @@ def test_export_writes_verified_plain_model(trained, tmp_path: Path) -> None:
     assert pathway_main(["export", str(ckpt), "--out", str(tmp_path)]) == 0
     sidecar = json.loads((tmp_path / "export.json").read_text())
     assert sidecar["model_class"] == "Image.model.ImageClassifier"
-    assert sidecar["num_classes"] == 3 and sidecar["input_shape"] == ["batch", 3, 16, 16]
+    assert sidecar["num_classes"] == 3
+    assert sidecar["inputs"] == [{"name": "input", "shape": ["batch", 3, 16, 16], "dtype": "float32"}]
     assert sidecar["source_sha256"] == file_sha256(str(ckpt))
     assert sidecar["lambda"]["count"] == 8 and sidecar["lambda"]["mean_abs"] > 1e-3  # the pathway was trained
     assert sorted(sidecar["files"].values()) == ["model.pt2", "model.safetensors"]  # onnx is not installed here

@@ -16,6 +16,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from pathway.callbacks import LambdaMonitor, MergedCheckpoint, PredictionWriter
 from pathway.checkpoint_io import AtomicCheckpointIO
+from pathway.module import PathwayModule
 from pathway.resume import LastAndBestCheckpoint, SigtermCheckpoint, resolve_last_checkpoint
 
 
@@ -105,6 +106,14 @@ class PathwayCLI(LightningCLI):
         if config.get("ckpt_path") == "last":
             root = config.trainer.get("default_root_dir") or os.getcwd()
             config.ckpt_path = resolve_last_checkpoint(root, config.checkpoint.get("dirpath"))
+
+    def instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand in ("validate", "test", "predict") and config.get("ckpt_path"):
+            with PathwayModule.restoring():  # the trained weights and the pathway come from the checkpoint
+                super().instantiate_classes()
+        else:
+            super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         plugins = kwargs.pop("plugins", None)

@@ -1,19 +1,42 @@
 """The cross-modal re-parameterized linear layer.
 
 A ``PathwayLinear`` computes ``x (W + Σ_i λ_i W_aux_i)ᵀ + b``: the target layer's own weight and bias, plus
-one frozen (by default) weight per auxiliary model, each scaled by its own learnable scalar ``λ_i``.  The
-auxiliary weights are buffers unless made trainable, so they never reach an optimizer, never get weight decay
-and never get gradients.  After training the sum is folded into ``W`` (``merge_``/``fuse``) so the deployed
-model is a plain ``nn.Linear`` with no extra inference cost.
+one weight per auxiliary model, each scaled by its own learnable scalar ``λ_i``.  As in the paper's reference
+code (``CrossModalReparamLinear(is_aux_trainable=True)``) the auxiliary weights are trained parameters by
+default; frozen, they are buffers that never reach an optimizer and never get gradients (the cheaper variant).
+After training the sum is folded into ``W`` (``fuse``; ``merge_`` in place) so the deployed model is a plain
+``nn.Linear`` with no extra inference cost.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+# The state-dict spelling of a pathway layer's own entries, written here only: ``<layer>.lambdas`` and
+# ``<layer>.aux_weight_<i>``.
+LAMBDAS = "lambdas"
+_AUX_WEIGHT_PREFIX = "aux_weight_"
+_AUX_WEIGHT_KEY = re.compile(rf"^(?:(.+)\.)?{_AUX_WEIGHT_PREFIX}(\d+)$")
+
+
+def aux_weight_name(index: int) -> str:
+    """The attribute / state-dict leaf name of the ``index``-th auxiliary weight."""
+    return f"{_AUX_WEIGHT_PREFIX}{index}"
+
+
+def parse_aux_weight_key(key: str) -> Optional[tuple[str, int]]:
+    """``'<layer>.aux_weight_<i>'`` -> ``('<layer>', i)``; ``None`` for every other key."""
+    match = _AUX_WEIGHT_KEY.match(key)
+    return (match.group(1) or "", int(match.group(2))) if match else None
+
+
+def is_lambdas_key(key: str) -> bool:
+    return key == LAMBDAS or key.endswith("." + LAMBDAS)
 
 
 def _aux_delta(lambdas: Tensor, aux_weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
@@ -87,8 +110,13 @@ class _PathwayLinearFunction(torch.autograd.Function):
 class PathwayLinear(nn.Module):
     """A linear layer whose weight is ``W + Σ λ_i W_aux_i``; a drop-in for the ``nn.Linear`` it wraps.
 
-    State dict keys: ``weight``, ``bias`` (when the target has one), ``lambdas`` (one per aux),
-    ``aux_weight_<i>`` and ``merged`` (whether ``λ·W_aux`` is currently folded into ``weight``).
+    State dict keys: ``weight``, ``bias`` (when the target has one), ``lambdas`` (one per aux) and
+    ``aux_weight_<i>``: always for trained aux, for frozen aux only with ``save_aux`` (otherwise the caller keeps
+    them by reference, e.g. a file path and hash).
+
+    ``merge_`` folds ``λ·W_aux`` into ``weight`` in place, as PEFT does with LoRA: an unsaved flag, and a plain
+    ``F.linear`` while merged (λ and the aux weights are then not used, so merge for inference, not training).
+    A state dict is always that of the unmerged layer, so it loads right into any ``PathwayLinear``.
     """
 
     def __init__(
@@ -96,7 +124,8 @@ class PathwayLinear(nn.Module):
         linear: nn.Linear,
         aux_weights: Sequence[Tensor],
         lambda_init: float = 0.0,
-        aux_trainable: bool = False,
+        aux_trainable: bool = True,
+        save_aux: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(linear, nn.Linear):
@@ -116,50 +145,61 @@ class PathwayLinear(nn.Module):
                 )
             w = w.detach().to(device=self.weight.device, dtype=self.weight.dtype).clone()
             if aux_trainable:
-                self.register_parameter(f"aux_weight_{i}", nn.Parameter(w))
+                self.register_parameter(aux_weight_name(i), nn.Parameter(w))
             else:
-                self.register_buffer(f"aux_weight_{i}", w)
+                self.register_buffer(aux_weight_name(i), w, persistent=save_aux)
         self.lambdas = nn.Parameter(
             torch.full((self.num_aux,), float(lambda_init), device=self.weight.device, dtype=torch.float32)
         )
-        # `merged` is persisted (a buffer) and mirrored in a Python bool so forward never syncs a device tensor.
-        self.register_buffer("merged", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("merged_lambdas", torch.zeros(self.num_aux, dtype=torch.float32))
-        self._is_merged = False
+        # The λ folded in by `merge_` (so `unmerge_` subtracts exactly that), None while unmerged; a buffer so it
+        # follows `.to()`, never saved.
+        self.register_buffer("_merged_lambdas", None, persistent=False)
 
     @property
     def is_merged(self) -> bool:
-        return self._is_merged
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._is_merged = bool(self.merged)
+        return self._merged_lambdas is not None
 
     def aux_weights(self) -> list[Tensor]:
-        return [getattr(self, f"aux_weight_{i}") for i in range(self.num_aux)]
-
-    def _live_lambdas(self) -> Tensor:
-        """The λ not yet folded into ``weight`` (all of them unless merged)."""
-        return self.lambdas - self.merged_lambdas if self._is_merged else self.lambdas
+        return [getattr(self, aux_weight_name(i)) for i in range(self.num_aux)]
 
     def effective_weight(self) -> Tensor:
-        """The weight the layer computes with right now (differentiable in W, λ and trainable aux)."""
-        return _summed_weight(self.weight, self._live_lambdas(), self.aux_weights())
+        """The weight the layer computes with (differentiable in W, λ and trained aux unless merged)."""
+        if self.is_merged:
+            return self.weight
+        return _summed_weight(self.weight, self.lambdas, self.aux_weights())
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.is_merged:
+            return F.linear(x, self.weight, self.bias)
         if torch.is_autocast_enabled(x.device.type):
             compute_dtype = torch.get_autocast_dtype(x.device.type)
         else:
             compute_dtype = x.dtype
         return _PathwayLinearFunction.apply(
-            x, self.weight, self.bias, self._live_lambdas(), compute_dtype, *self.aux_weights()
+            x, self.weight, self.bias, self.lambdas, compute_dtype, *self.aux_weights()
         )
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.is_merged:
+            destination[prefix + "weight"] = self._unmerged_weight()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._merged_lambdas = None  # what was loaded is an unmerged weight (see `_save_to_state_dict`)
+
+    @torch.no_grad()
+    def _unmerged_weight(self) -> Tensor:
+        """``weight`` minus what ``merge_`` folded into it, subtracted in fp32."""
+        delta = _aux_delta(self._merged_lambdas, self.aux_weights(), torch.float32)
+        return (self.weight.float() - delta).to(self.weight.dtype)
 
     @torch.no_grad()
     def _folded_weight(self) -> Tensor:
         """``W + Σ λ W_aux`` accumulated in fp32 (bf16/fp16 sums lose the small λ·W_aux term) and checked."""
-        lambdas = self.lambdas.float() - (self.merged_lambdas if self._is_merged else 0.0)
-        w = self.weight.float() + _aux_delta(lambdas, self.aux_weights(), torch.float32)
+        if self.is_merged:
+            return self.weight.float()
+        w = self.weight.float() + _aux_delta(self.lambdas.float(), self.aux_weights(), torch.float32)
         if not torch.isfinite(w).all():
             raise FloatingPointError(
                 "folding λ·W_aux into the weight gives non-finite values "
@@ -170,24 +210,18 @@ class PathwayLinear(nn.Module):
     @torch.no_grad()
     def merge_(self) -> "PathwayLinear":
         """Fold the current ``λ·W_aux`` into ``weight`` in place; a no-op when already merged."""
-        if self._is_merged:
+        if self.is_merged:
             return self
         self.weight.copy_(self._folded_weight().to(self.weight.dtype))
-        self.merged_lambdas.copy_(self.lambdas.detach().float())
-        self.merged.fill_(True)
-        self._is_merged = True
+        self._merged_lambdas = self.lambdas.detach().float().clone()
         return self
 
     @torch.no_grad()
     def unmerge_(self) -> "PathwayLinear":
         """Undo ``merge_`` (subtracting what was folded in, in fp32); a no-op when not merged."""
-        if not self._is_merged:
-            return self
-        w = self.weight.float() - _aux_delta(self.merged_lambdas, self.aux_weights(), torch.float32)
-        self.weight.copy_(w.to(self.weight.dtype))
-        self.merged.fill_(False)
-        self._is_merged = False
-        self.merged_lambdas.zero_()
+        if self.is_merged:
+            self.weight.copy_(self._unmerged_weight())
+            self._merged_lambdas = None
         return self
 
     @torch.no_grad()

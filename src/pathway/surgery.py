@@ -12,7 +12,7 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from pathway.layers import PathwayLinear
+from pathway.layers import LAMBDAS, PathwayLinear, aux_weight_name
 
 DEFAULT_LAYER_NAMES: tuple[str, ...] = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
@@ -40,13 +40,18 @@ def _aux_weight(state_dict: Mapping[str, Tensor], name: str, aux_index: int, lay
     if key not in state_dict:
         raise KeyError(f"auxiliary model {aux_index} has no '{key}' (needed for target layer '{name}')")
     weight = state_dict[key]
-    lambdas = state_dict.get(f"{name}.lambdas")
+    lambdas = state_dict.get(f"{name}.{LAMBDAS}")
     if lambdas is not None:
-        merged = bool(state_dict.get(f"{name}.merged", torch.zeros(())))
-        if not merged:
-            weight = weight.float() + sum(
-                lam * state_dict[f"{name}.aux_weight_{j}"].float() for j, lam in enumerate(lambdas.float())
+        missing = [f"{name}.{aux_weight_name(j)}" for j in range(len(lambdas))
+                   if f"{name}.{aux_weight_name(j)}" not in state_dict]
+        if missing:
+            raise KeyError(
+                f"auxiliary model {aux_index} is itself a pathway model whose aux weights are not in it ({missing[0]}); "
+                "use its merged export (merged.safetensors or `python -m pathway export`) as the aux"
             )
+        weight = weight.float() + sum(
+            lam * state_dict[f"{name}.{aux_weight_name(j)}"].float() for j, lam in enumerate(lambdas.float())
+        )
     if tuple(weight.shape) != tuple(layer.weight.shape):
         raise ValueError(
             f"shape mismatch at '{name}': target weight {tuple(layer.weight.shape)}, "
@@ -61,12 +66,14 @@ def reparameterize_aux_into_target_model(
     layer_names: Sequence[str] = DEFAULT_LAYER_NAMES,
     main_body_name: str = "blocks",
     lambda_init: float = 0.0,
-    aux_trainable: bool = False,
+    aux_trainable: bool = True,
+    save_aux: bool = True,
 ) -> nn.Module:
     """Replace each ``<main_body_name>.<i>.<layer>`` linear of ``target`` with a ``PathwayLinear``.
 
     ``aux`` is one auxiliary model (module or state dict) or a list of them; each contributes its own λ per
-    layer.  The target is modified in place and returned, as in the reference README.
+    layer.  The target is modified in place and returned, as in the reference README.  As in the reference code,
+    the aux weights are trained (``aux_trainable``); frozen, ``save_aux`` says whether they are in the state dict.
     """
     auxes = list(aux) if isinstance(aux, (list, tuple)) else [aux]
     if not auxes:
@@ -96,7 +103,8 @@ def reparameterize_aux_into_target_model(
             if not isinstance(layer, nn.Linear):
                 raise TypeError(f"target layer '{full_name}' is {type(layer).__name__}, expected nn.Linear")
             weights = [_aux_weight(state, full_name, j, layer) for j, state in enumerate(aux_states)]
-            setattr(parent, attr, PathwayLinear(layer, weights, lambda_init=lambda_init, aux_trainable=aux_trainable))
+            setattr(parent, attr, PathwayLinear(layer, weights, lambda_init=lambda_init, aux_trainable=aux_trainable,
+                                                save_aux=save_aux))
     return target
 
 
