@@ -68,7 +68,7 @@ def test_knn_matches_brute_force_sorted_distances() -> None:
 def test_knn_chunking_gives_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     points, queries = _cloud(2, 40, seed=4), _cloud(2, 9, seed=5)
     whole = ops.knn_torch(queries, points, 4)
-    monkeypatch.setattr(ops, "_KNN_CHUNK_ELEMENTS", 2 * 40 * 3 * 2)  # two queries per chunk
+    monkeypatch.setattr(ops, "_KNN_CHUNK_ELEMENTS", 2 * 40)  # two queries per chunk, one in the last
     chunked = ops.knn_torch(queries, points, 4)
     assert torch.equal(whole[1], chunked[1]) and torch.equal(whole[0], chunked[0])
 
