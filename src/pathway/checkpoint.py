@@ -12,7 +12,6 @@ import hashlib
 import logging
 import os
 import pickle
-import re
 import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +19,8 @@ from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
+
+from pathway.layers import LAMBDAS, aux_weight_name, parse_aux_weight_key
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +156,12 @@ def load_state_dict(path: PathLike, trust_pickle: bool = False) -> dict[str, Ten
     return fold_pathway_state_dict(strip_prefixes(state), source=str(path), aux_files=aux_files)
 
 
-_LAMBDA_SUFFIXES = {".lambdas": "aux_weight_{}", ".cross_modal_scale": "aux_weight"}
-_PATHWAY_LEFTOVER = re.compile(r"\.(aux_weight(_\d+)?|merged|merged_lambdas)$")
+# A layer's λ key suffix -> the name of its i-th aux weight: ours, and the reference code's (one aux per layer).
+_AUX_NAMES: dict[str, Callable[[int], str]] = {
+    "." + LAMBDAS: aux_weight_name, ".cross_modal_scale": lambda i: "aux_weight",
+}
+# Left over after folding, these would be aux weights (or pre-merge bookkeeping) without a λ to scale them.
+_LEFTOVER_SUFFIXES = (".aux_weight", ".merged", ".merged_lambdas")
 
 
 def fold_pathway_state_dict(
@@ -173,12 +178,12 @@ def fold_pathway_state_dict(
     state = dict(state_dict)
     folded = []
     for key in list(state):
-        suffix = next((s for s in _LAMBDA_SUFFIXES if key.endswith(s)), None)
+        suffix = next((s for s in _AUX_NAMES if key.endswith(s)), None)
         if suffix is None:
             continue
         layer = key[: -len(suffix)]
         lambdas = state.pop(key).detach().float().reshape(-1)
-        aux_keys = [f"{layer}.{_LAMBDA_SUFFIXES[suffix].format(i)}" for i in range(len(lambdas))]
+        aux_keys = [f"{layer}.{_AUX_NAMES[suffix](i)}" for i in range(len(lambdas))]
         if suffix == ".cross_modal_scale" and len(lambdas) != 1:
             raise CheckpointError(f"{source}: '{key}' holds {len(lambdas)} values, the reference code has one")
         missing = [k for k in aux_keys if k not in state]
@@ -202,14 +207,15 @@ def fold_pathway_state_dict(
             raise CheckpointError(f"{source}: folding λ·W_aux into '{layer}.weight' gives non-finite values")
         state[f"{layer}.weight"] = total.to(weight.dtype)
         folded.append(layer)
-    leftover = [k for k in state if _PATHWAY_LEFTOVER.search(k)]
+    leftover = [k for k in state if k.endswith(_LEFTOVER_SUFFIXES) or parse_aux_weight_key(k) is not None]
     if leftover:
         raise CheckpointError(
             f"{source}: pathway keys without a λ ('lambdas' or 'cross_modal_scale') next to them: {leftover[:5]}; "
             f"cannot tell how much of each auxiliary weight to fold in"
         )
     if folded:
-        log.info("%s: folded λ·W_aux of %d pathway layers into their weights (e.g. %s)", source, len(folded), folded[0])
+        log.info("%s: folded λ·W_aux of %d pathway layers into their weights (e.g. %s)", source, len(folded),
+                 folded[0])
     return state
 
 
