@@ -121,7 +121,7 @@ def test_pathway_fit_multilabel_audioset(tmp_path: Path, aux_ckpt: Path) -> None
                          batch_size=2, num_workers=0, pin_memory=False, num_mel_bins=32, target_length=64,
                          freqm=8, timem=16, wave_mixup=0.5, roll=True)
     model = AudioClassifier(num_classes=dm.num_classes, multilabel=True, target_length=64, aux_ckpts=[str(aux_ckpt)],
-                            lr=1e-2, warmup_epochs=0.0, **TINY)
+                            aux_trainable=False, lr=1e-2, warmup_epochs=0.0, **TINY)
     aux_qkv = torch.load(aux_ckpt)["blocks.0.attn.qkv.weight"]
     layer = dict(pathway_layers(model.backbone))["blocks.0.attn.qkv"]
     assert torch.equal(layer.aux_weight_0, aux_qkv) and layer.lambdas.abs().sum() == 0
@@ -139,7 +139,7 @@ def test_pathway_fit_single_label_with_wave_mixup(tmp_path: Path, aux_ckpt: Path
     dm.setup("fit")
     assert next(iter(dm.train_dataloader()))[1].dtype == torch.float32
     model = AudioClassifier(num_classes=dm.num_classes, target_length=64, aux_ckpts=[str(aux_ckpt)], lr=1e-2,
-                            warmup_epochs=0.0, **TINY)
+                            aux_trainable=False, store_aux_in_checkpoint=True, warmup_epochs=0.0, **TINY)
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     trainer = _fit(model, dm)
     after = model.backbone.state_dict()

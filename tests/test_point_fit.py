@@ -34,7 +34,8 @@ def test_classification_fit_and_vote_test(tmp_path: Path, aux_ckpt: Path) -> Non
     root = make_shape_dataset(tmp_path / "shapes", classes=3, per_class=4, points=96, seed=0)
     dm = PointDataModule(root=str(root), format="folder", num_points=64, batch_size=4, num_workers=0,
                          pin_memory=False, vote_num=2)
-    model = PointClassifier(num_classes=dm.num_classes, aux_ckpts=[str(aux_ckpt)], lr=1e-2, **TINY)
+    model = PointClassifier(num_classes=dm.num_classes, aux_ckpts=[str(aux_ckpt)], aux_trainable=False, lr=1e-2,
+                            **TINY)
     trainer = _trainer()
     trainer.fit(model, dm)
     assert trainer.global_step == 2
@@ -47,7 +48,8 @@ def test_classification_fit_and_vote_test(tmp_path: Path, aux_ckpt: Path) -> Non
 def test_segmentation_fit_and_validate(tmp_path: Path, aux_ckpt: Path) -> None:
     root = make_shapenetpart_dataset(tmp_path / "parts", per_category=1, points=80, categories=["Airplane", "Mug"])
     dm = ShapeNetPartDataModule(root=str(root), num_points=64, batch_size=2, num_workers=0, pin_memory=False)
-    model = PointSegmenter(num_classes=dm.num_classes, aux_ckpts=[str(aux_ckpt)], lr=1e-2, **TINY, **SEG)
+    model = PointSegmenter(num_classes=dm.num_classes, aux_ckpts=[str(aux_ckpt)], aux_trainable=False, lr=1e-2,
+                           **TINY, **SEG)
     trainer = _trainer()
     trainer.fit(model, dm)
     assert trainer.global_step == 2

@@ -36,7 +36,8 @@ def video_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_two_step_fit_with_pathway_and_cutmix_on_clips(video_root: Path, aux_ckpt: Path) -> None:
     torch.manual_seed(0)
     data = VideoDataModule(str(video_root), **TINY_DATA)
-    model = VideoClassifier(num_classes=data.num_classes, aux_ckpts=[str(aux_ckpt)], lr=1e-2, warmup_epochs=0,
+    model = VideoClassifier(num_classes=data.num_classes, aux_ckpts=[str(aux_ckpt)], aux_trainable=False,
+                            lr=1e-2, warmup_epochs=0,
                             mixup=0.8, cutmix=1.0, **TINY_VIDEO)
     layers = dict(pathway_layers(model.backbone))
     aux_before = {name: layer.aux_weight_0.clone() for name, layer in layers.items()}

@@ -128,7 +128,7 @@ def test_aux_of_another_depth_is_an_error(tmp_path: Path) -> None:
 
 
 def test_layer_decay_groups_follow_the_blocks(aux_ckpt: Path) -> None:
-    model = tiny_classifier(aux_ckpts=[str(aux_ckpt)])
+    model = tiny_classifier(aux_ckpts=[str(aux_ckpt)], aux_trainable=False)
     set_lambdas(model.backbone, 0.0)
     groups = layer_decay_param_groups(model.backbone, lr=1.0, weight_decay=0.05, layer_decay=0.5)
     names = {id(p): n for n, p in model.backbone.named_parameters()}

@@ -296,13 +296,13 @@ class PathwayModule(L.LightningModule):
         if stored:
             self._build_pathway([stored[i] for i in sorted(stored)], source="aux weights stored in the checkpoint")
             return
-        for path, digest in saved.items():
-            _verify_aux_file(path, digest)
         if not saved:
             raise CheckpointError(
                 "the checkpoint has pathway λ but neither its auxiliary weights nor the aux files they came from; "
                 "use its merged export (merged.safetensors) instead"
             )
+        for path, digest in saved.items():
+            _verify_aux_file(path, digest)
         self.apply_pathway(list(saved))
 
     def effective_lr(self) -> float:
