@@ -30,7 +30,7 @@ DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.acceler
 SHORT = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
          "--trainer.limit_predict_batches", "2", "--trainer.log_every_n_steps", "1", "--trainer.num_sanity_val_steps", "0",
          "--trainer.enable_progress_bar", "true"]
-RUN_TIMEOUT_S = 150.0
+RUN_TIMEOUT_S = 300.0  # ~20 s each on 2 idle cores; generous for a loaded CI machine, still ends a deadlock
 
 
 def run_watched(cmd: list[str], cwd: Path, timeout: float = RUN_TIMEOUT_S) -> str:
@@ -148,12 +148,13 @@ def test_demo_config_on_two_processes(name: str, tmp_path: Path) -> None:
     assert any(row.get("val/loss") for row in metrics) and any(row.get("train/loss") for row in metrics)
     assert list(version.glob("tensorboard/events.out.tfevents.*"))
 
-    for stage in ("validate", "test"):
+    # fit already validated under DDP every epoch; `validate` itself runs once, on Image, to keep CI time down
+    for stage in ("validate", "test") if name == "image" else ("test",):
         output = run_watched([*cli, stage, *args, *DDP, "--ckpt_path", "last"], tmp_path)
         assert f"{'val' if stage == 'validate' else 'test'}/loss" in output
     run_watched([*cli, "predict", *args, *DDP, "--ckpt_path", "last"], tmp_path)
     rows = list(csv.DictReader(open(find_one(run_dir, "predictions.csv"))))
-    assert rows and all(Path(row["sample"]).is_file() and row["label"] for row in rows)
+    assert rows and all((tmp_path / row["sample"]).is_file() and row["label"] for row in rows)
     assert len({row["sample"] for row in rows}) == len(rows)  # each sample once, views and ranks merged
     run_watched([sys.executable, "-m", "pathway", "export", str(last), "--out", str(tmp_path / "export")], tmp_path)
     assert (tmp_path / "export" / "model.safetensors").stat().st_size > 0

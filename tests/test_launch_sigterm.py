@@ -1,0 +1,102 @@
+"""SIGTERM during a 2-process DDP fit (gloo, CPU) with the default callbacks ends the run within a bounded time, with
+a checkpoint of the step where all ranks stopped: sent to the whole process group (``timeout``, SLURM) or to rank 0
+alone (``kill <pid>``).  The signal comes in the second epoch, after the first epoch's end hooks (λ heatmap,
+checkpoints), where a rank-zero-only collective used to deadlock the run so that no signal could end it."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from _scale_utils import make_imagefolder, save_aux
+
+REPO = Path(__file__).resolve().parents[1]
+STOP_WITHIN_S = 60.0
+
+
+def write_config(tmp_path: Path) -> Path:
+    root = make_imagefolder(tmp_path / "data", classes=3, per_class=40)
+    aux = save_aux(tmp_path / "aux.pt")
+    config = tmp_path / "fit.yaml"
+    config.write_text(f"""
+seed_everything: 0
+trainer:
+  accelerator: cpu
+  devices: 2
+  strategy: ddp
+  max_epochs: 50
+  default_root_dir: {tmp_path / 'run'}
+  enable_model_summary: false
+  log_every_n_steps: 1
+  limit_val_batches: 1
+model:
+  model_name: vit_tiny_patch16_224
+  img_size: 16
+  drop_path_rate: 0.0
+  model_kwargs: {{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}}
+  aux_ckpts: [{aux}]
+  lr: 1.0e-3
+data:
+  root: {root}
+  img_size: 16
+  batch_size: 2
+  num_workers: 0
+  pin_memory: false
+  auto_augment: null
+  re_prob: 0.0
+""")
+    return config
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("target", ["group", "rank0"])
+def test_sigterm_stops_ddp_fit_with_a_checkpoint(target: str, tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    log_path = tmp_path / "fit.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "Image", "fit", "--config", str(config)], cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while "Epoch 1:" not in log_path.read_text(errors="replace"):  # the progress bar: epoch 0 has ended
+            assert proc.poll() is None, log_path.read_text()[-4000:]
+            assert time.monotonic() < deadline, "epoch 1 did not start:\n" + log_path.read_text()[-4000:]
+            time.sleep(0.2)
+        time.sleep(2.0)  # a few steps into epoch 1
+        if target == "group":
+            os.killpg(proc.pid, signal.SIGTERM)
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            code = proc.wait(STOP_WITHIN_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"SIGTERM ({target}) did not end the DDP run within {STOP_WITHIN_S:.0f} s:\n"
+                        + log_path.read_text(errors="replace")[-4000:])
+        output = log_path.read_text(errors="replace")
+        assert code == 0, output[-4000:]
+        stop = time.monotonic() + 20
+        while _group_alive(proc.pid) and time.monotonic() < stop:  # rank 1 ends too
+            time.sleep(0.2)
+        assert not _group_alive(proc.pid), "a DDP rank outlived the run"
+    finally:
+        if _group_alive(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "SIGTERM: saved" in output
+    (last,) = (tmp_path / "run").rglob("last.ckpt")
+    checkpoint = torch.load(last, weights_only=False)
+    assert checkpoint["epoch"] == 1 and 30 < checkpoint["global_step"] < 60  # mid-epoch: 60 samples / (2 x 2)
