@@ -1,9 +1,13 @@
-"""The SLURM templates: their srun command, built into a Trainer under faked SLURM variables, gives Lightning the
-right world size, ranks, node count and auto-requeue (no process group is started)."""
+"""The SLURM template: its srun command (run through bash with a stand-in ``srun`` that prints its arguments),
+built into a Trainer under faked SLURM variables, gives Lightning the right world size, ranks, node count,
+accelerator and auto-requeue (no process group is started); every config in the repository runs through the entry
+point the template picks for it."""
 from __future__ import annotations
 
-import re
-import shlex
+import os
+import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,8 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 
 from pathway.checkpoint_io import AtomicCheckpointIO
 
-SLURM_DIR = Path(__file__).resolve().parents[1] / "scripts" / "slurm"
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO / "scripts" / "slurm" / "train.sbatch"
 FAKE_SLURM = {
     "SLURM_NTASKS": "16", "SLURM_NTASKS_PER_NODE": "8", "SLURM_NNODES": "2", "SLURM_PROCID": "11",
     "SLURM_LOCALID": "3", "SLURM_NODEID": "1", "SLURM_JOB_NAME": "pathway", "SLURM_JOB_ID": "4242",
@@ -19,30 +24,69 @@ FAKE_SLURM = {
 }
 
 
-def template_fit_args(template: Path, config: Path, env: dict[str, str]) -> list[str]:
-    """The arguments after ``fit`` of the template's ``exec srun`` command, with its variables substituted."""
-    text = template.read_text().replace("\\\n", " ")
-    command = next(line for line in text.splitlines() if line.startswith("exec srun"))
-    words = shlex.split(command)
-    args = words[words.index("fit") + 1:]
-    values = {"CONFIG": str(config), **env}
-    args = [re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], a) for a in args if a != "$@"]
-    return [str(SLURM_DIR.parents[1] / a) if a.startswith("scripts/") else a for a in args]
+def template_srun_args(tmp_path: Path, config: str, env: dict[str, str], *extra: str) -> list[str]:
+    """What the template passes to ``srun`` when run under ``env`` (a stand-in ``srun`` prints its arguments)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "srun").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    (bin_dir / "srun").chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != "MODALITY"}
+    result = subprocess.run(["bash", str(TEMPLATE), config, *extra], cwd=REPO, capture_output=True, text=True,
+                            env={**base, **env, "PATH": f"{bin_dir}{os.pathsep}{base['PATH']}"}, check=True)
+    return result.stdout.splitlines()
 
 
-@pytest.mark.parametrize("template", ["train_1node_8gpu.sbatch", "train_multinode_8gpu.sbatch"])
-def test_template_directives(template: str) -> None:
-    text = (SLURM_DIR / template).read_text()
+def fit_args(srun_args: list[str]) -> list[str]:
+    return srun_args[srun_args.index("fit") + 1:]
+
+
+def test_template_directives(tmp_path: Path) -> None:
+    text = TEMPLATE.read_text()
     for directive in ("#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8", "#SBATCH --signal=SIGUSR1@90",
                       "#SBATCH --requeue", "exec srun"):
-        assert directive in text, f"{template} lacks {directive!r}"
-    args = template_fit_args(SLURM_DIR / template, Path("x.yaml"), FAKE_SLURM)
+        assert directive in text, f"{TEMPLATE.name} lacks {directive!r}"
+    args = fit_args(template_srun_args(tmp_path, "Image/configs/x.yaml", FAKE_SLURM, "--data.root", "/d"))
     assert args[args.index("--ckpt_path") + 1] == "last"
-    assert "--trainer.devices" in args and "--trainer.num_nodes" in args
+    assert args[args.index("--trainer.devices") + 1] == "8" and args[args.index("--trainer.num_nodes") + 1] == "2"
+    assert args[-2:] == ["--data.root", "/d"], "extra arguments come last, so they override the template's"
 
 
-@pytest.mark.parametrize("template", ["train_1node_8gpu.sbatch", "train_multinode_8gpu.sbatch"])
-def test_lightning_reads_world_from_slurm(template: str, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("gpus, accelerator", [(None, "cpu"), ("0", "cpu"), ("8", "gpu")])
+def test_accelerator_follows_the_allocation(tmp_path: Path, gpus, accelerator: str) -> None:
+    env = {**FAKE_SLURM, **({"SLURM_GPUS_ON_NODE": gpus} if gpus else {})}
+    args = fit_args(template_srun_args(tmp_path, "Image/configs/x.yaml", env))
+    assert args[args.index("--trainer.accelerator") + 1] == accelerator
+
+
+def print_config(module: str, config: Path, monkeypatch, capsys) -> tuple[int, str]:
+    """``python -m <module> fit --config <config> --print_config`` in this process: (exit code, stderr)."""
+    monkeypatch.setattr(sys, "argv", [module, "fit", "--config", str(config), "--print_config"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module(module, run_name="__main__", alter_sys=False)
+    return exit_info.value.code or 0, capsys.readouterr().err
+
+
+def test_every_config_runs_through_the_entry_point_the_template_picks(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Classification configs run through their folder's module (tests/test_configs.py parses each of them there);
+    part segmentation configs through ``<folder>.seg``, whose parser must accept them where the folder's rejects
+    them (pathway overlays are extra ``--config`` arguments after their recipe)."""
+    segmentation = []
+    for config in sorted(REPO.glob("*/configs/*.yaml")):
+        if config.stem.endswith("_pathway"):
+            continue
+        srun_args = template_srun_args(tmp_path, str(config.relative_to(REPO)), FAKE_SLURM)
+        module, folder = srun_args[srun_args.index("-m") + 1], config.parent.parent.name
+        assert module in (folder, f"{folder}.seg"), f"{config.name}: {module}"
+        if module != folder:
+            segmentation.append((module, config))
+    assert {c.name for _, c in segmentation} == {"demo_seg.yaml", "shapenetpart.yaml"}
+    for module, config in segmentation:
+        code, err = print_config(module, config, monkeypatch, capsys)
+        assert code == 0, f"python -m {module} rejects {config.name}:\n{err[-2000:]}"
+        assert print_config(module.removesuffix(".seg"), config, monkeypatch, capsys)[0] != 0
+
+
+def test_lightning_reads_world_from_slurm(tmp_path: Path, monkeypatch) -> None:
     from _scale_utils import make_imagefolder
 
     from Image.datamodule import ImageDataModule
@@ -57,21 +101,22 @@ def test_lightning_reads_world_from_slurm(template: str, tmp_path: Path, monkeyp
     config = tmp_path / "experiment.yaml"
     config.write_text(
         f"trainer:\n  default_root_dir: {tmp_path / 'run'}\n  logger: false\n"
-        f"model:\n  model_name: vit_tiny_patch16_224\n  img_size: 16\n"
+        f"model:\n  model_name: vit_tiny_patch16_224\n"
         f"  model_kwargs: {{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}}\n"
         f"data:\n  root: {root}\n  img_size: 16\n"
     )
-    args = template_fit_args(SLURM_DIR / template, config, FAKE_SLURM)
+    args = fit_args(template_srun_args(tmp_path, str(config), FAKE_SLURM))
     i = args.index("--ckpt_path")
     del args[i:i + 2]  # a `fit` argument; run=False builds the classes without a subcommand
-    cli = run_cli(ImageClassifier, ImageDataModule, args=[*args, "--trainer.accelerator", "cpu"], run=False)
+    args = [str(REPO / a) if a.startswith("scripts/") else a for a in args]
+    cli = run_cli(ImageClassifier, ImageDataModule, args=args, run=False)
     trainer = cli.trainer
     environment = trainer.strategy.cluster_environment
     assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue
     assert (trainer.world_size, trainer.global_rank, trainer.local_rank, trainer.node_rank) == (16, 11, 3, 1)
     assert (trainer.num_nodes, trainer.num_devices) == (2, 8)
     assert environment.main_address == "gpu017"
-    assert type(trainer.strategy).__name__ == "DDPStrategy"
+    assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.accelerator.__class__.__name__ == "CPUAccelerator"
     assert environment.creates_processes_externally  # srun starts the tasks, Lightning must not spawn more
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
 
