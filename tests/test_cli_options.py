@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _args(digits_root: Path, aux_ckpt: Path, out: Path) -> list[str]:
     return [
         "--config", str(REPO / "Image" / "configs" / "demo.yaml"),
-        "--model.img_size", "16", "--model.model_kwargs", json.dumps(TINY_MODEL_KWARGS),
+        "--model.model_kwargs", json.dumps(TINY_MODEL_KWARGS),
         "--model.aux_ckpts", json.dumps([str(aux_ckpt)]), "--data.root", str(digits_root), "--data.img_size", "16",
         "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.default_root_dir", str(out),
         "--trainer.enable_progress_bar", "true",

@@ -8,10 +8,15 @@ all of them and takes the newest.
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import threading
 from pathlib import Path
-from typing import Optional
+from types import FrameType
+from typing import Any, Optional
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -68,12 +73,63 @@ class LastAndBestCheckpoint(ModelCheckpoint):
 
 
 class SigtermCheckpoint(L.Callback):
-    """On SIGTERM (``kill``, ``docker stop``, SLURM at the time limit) write the last checkpoint before exiting.
+    """On SIGTERM (``kill``, ``timeout``, ``docker stop``, SLURM at the time limit) stop every rank at the same step and
+    write the last checkpoint, then exit.
 
-    Lightning turns SIGTERM into a ``SIGTERMException`` on every rank at the end of the current batch, so the state
-    saved here is consistent; the file is the ``ModelCheckpoint``'s last checkpoint, which ``--ckpt_path last``
-    picks up.
+    Lightning's own SIGTERM handler broadcasts from inside the signal handler: under DDP that broadcast pairs with
+    whatever collective the other ranks are in (a gradient all-reduce, a barrier), and a run that gets the signal
+    mid-step can hang instead of stopping.  Here the handler only records the signal; after every training batch the
+    ranks agree (an all-reduce of the flag, so a signal that reached only one rank, e.g. ``kill <rank-0 pid>``, still
+    stops all of them) and all raise Lightning's ``SIGTERMException`` at that same step.  The run then stops within
+    one training batch (or the validation epoch in progress) and every rank takes part in ``save_checkpoint``.  The
+    file is the ``ModelCheckpoint``'s last checkpoint, which ``--ckpt_path last`` picks up.  Outside of training
+    (validate/test/predict) there is nothing to save: SIGTERM ends the ranks at once, as it would without Lightning.
     """
+
+    def __init__(self) -> None:
+        self._received = False
+
+    def _install(self, trainer: L.Trainer) -> None:
+        """Replace Lightning's handler, which it registers just before the loops start (after ``setup``)."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        fitting = trainer.state.fn == TrainerFn.FITTING
+
+        def on_sigterm(signum: int, frame: Optional[FrameType]) -> None:
+            if fitting:
+                self._received = True
+                return
+            launcher = trainer.strategy.launcher
+            if launcher is not None:
+                launcher.kill(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._install(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        stop = self._received
+        if trainer.world_size > 1 and torch.distributed.is_initialized():
+            flag = torch.tensor([float(stop)], device=pl_module.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            stop = bool(flag.item())
+        if stop:
+            raise SIGTERMException()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
