@@ -32,6 +32,7 @@ class ImageDataModule(SplitDataModule):
     split that exists (train, then val, then test), so ``test`` needs only the split it evaluates.
     """
 
+    linked_to_model = {"img_size": "parse"}
 
     def __init__(
         self,

@@ -47,6 +47,8 @@ class VideoDataModule(SplitDataModule):
         decoder: ``auto`` (torchcodec when usable, else PyAV), ``pyav`` or ``torchcodec``.
     """
 
+    linked_to_model = {"num_frames": "parse", "img_size": "parse"}
+
     def __init__(
         self,
         root: str,

@@ -3,14 +3,14 @@
 Bad files.  A reader raises ``BadSampleError`` (naming the file) for a file it cannot use.  ``SkippingDataset``
 turns that into a hard error (``on_bad_file='error'``) or a skip (``'skip'``, ``DEFAULT_ON_BAD_FILE`` in every
 modality: a days-long run should not die on one corrupt file among millions): the item becomes ``None``, the
-collate drops it, the file is logged once per process (not again every epoch) and counted.  A skip never hides a
-broken data set:
+collate drops it, the file is logged once (per DDP rank, shared with the DataLoader workers; not again every
+epoch) and counted.  A skip never hides a broken data set:
 
 * ``MAX_CONSECUTIVE_BAD`` unreadable samples in a row stop the run at once (a wrong root, an unmounted disk);
 * at the end of every epoch ``BadSampleMonitor`` logs ``data/<split>_skipped`` and stops the run when the epoch
   had no readable sample, or when the unreadable fraction passes ``max_bad_fraction``
-  (``DEFAULT_MAX_BAD_FRACTION`` = 5%: Kinetics and AudioSet copies typically lose 1-3% of their files to
-  corruption; a larger loss means the copy or the list is wrong, and the numbers would not be comparable).
+  (``DEFAULT_MAX_BAD_FRACTION`` = 5%: a few corrupt files are normal in a large video or audio copy; losing more
+  than one in twenty means the copy or the list is wrong, and the results would not be comparable).
 """
 from __future__ import annotations
 
