@@ -83,7 +83,8 @@ class ImageDataModule(SplitDataModule):
         transform = create_transform(
             hp.img_size, is_training=training, scale=tuple(hp.scale), hflip=hp.hflip,
             auto_augment=hp.auto_augment if training else None,
-            re_prob=hp.re_prob if training else 0.0, re_mode=hp.re_mode, re_count=hp.re_count, interpolation=hp.interpolation, crop_pct=hp.crop_pct,
+            re_prob=hp.re_prob if training else 0.0, re_mode=hp.re_mode, re_count=hp.re_count,
+            interpolation=hp.interpolation, crop_pct=hp.crop_pct,
             mean=hp.mean, std=hp.std,
         )
         dataset = ImageFolder(str(self.root / folder), transform=transform)

@@ -117,7 +117,7 @@ class SkippingDataset(Dataset):
         self.describe = describe
         self.items_per_file = items_per_file
         self._counts = multiprocessing.Array("q", 3)  # items fetched, items skipped, skipped in a row
-        self._logged = multiprocessing.RawArray("b", max(1, -(-len(self) // items_per_file)))
+        self._logged = multiprocessing.RawArray("b", max(1, math.ceil(len(self) / items_per_file)))  # per file
         self._epoch_start = (0, 0)
 
     @property
@@ -278,10 +278,11 @@ class SplitDataModule(L.LightningDataModule):
 
     def _check_one_batch(self, dataset: Dataset, sampler: Optional[Sampler], batch_size: int) -> None:
         world, _ = self._world()
-        per_device = len(sampler) if sampler is not None else math.ceil(len(dataset) / world)  # type: ignore
+        size = len(dataset)  # type: ignore[arg-type]
+        per_device = len(sampler) if sampler is not None else math.ceil(size / world)  # type: ignore[arg-type]
         if per_device < batch_size:
             raise BadDataError(
-                f"the train split has {len(dataset)} samples ({per_device} per device on {world} device(s)), "  # type: ignore
+                f"the train split has {size} samples ({per_device} per device on {world} device(s)), "
                 f"fewer than data.batch_size={batch_size}: training drops the last partial batch, so no batch "
                 "would be left; lower data.batch_size or use more data"
             )
