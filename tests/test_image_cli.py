@@ -26,7 +26,6 @@ def _tiny_overrides(digits_root: Path, aux_ckpt: Path, out: Path) -> list[str]:
     """demo.yaml shrunk to the tiny model, the tiny digits set and the tiny aux checkpoint."""
     return [
         "--config", str(CONFIGS / "demo.yaml"),
-        "--model.img_size", "16",
         "--model.model_kwargs", json.dumps(TINY_MODEL_KWARGS),
         "--model.aux_ckpts", json.dumps([str(aux_ckpt)]),
         "--data.root", str(digits_root),

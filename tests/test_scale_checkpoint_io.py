@@ -80,7 +80,7 @@ def _cli_trainer(tmp_path: Path, *extra: str):
 
     root = make_imagefolder(tmp_path / "data", classes=2, per_class=1)
     args = ["--data.root", str(root), "--data.img_size", "16", "--model.model_name", "vit_tiny_patch16_224",
-            "--model.img_size", "16", "--model.model_kwargs", "{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
+            "--model.model_kwargs", "{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
             "--trainer.accelerator", "cpu", "--trainer.logger", "false",
             "--trainer.default_root_dir", str(tmp_path / "run"), *extra]
     return run_cli(ImageClassifier, ImageDataModule, args=args, run=False).trainer

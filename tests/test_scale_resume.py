@@ -34,7 +34,6 @@ trainer:
   limit_val_batches: 2
 model:
   model_name: vit_tiny_patch16_224
-  img_size: 16
   drop_path_rate: 0.0
   model_kwargs: {{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}}
   aux_ckpts: [{aux}]
