@@ -41,7 +41,7 @@ def build_vit(model: str, num_classes: int = 10, seed: int = 0, device: torch.de
 
 def model_benchmark_args(
     doc: str, rounds: int, iters: int, cpu_batches: dict[str, int], cuda_batches: dict[str, int],
-    argv: Optional[list[str]] = None,
+    argv: Optional[list[str]] = None, compile_option: bool = False,
 ) -> tuple[argparse.Namespace, torch.device, list[int]]:
     """The command line the tiny/ViT-B timing benchmarks share: (args, device, one batch size per model)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
@@ -52,6 +52,9 @@ def model_benchmark_args(
     parser.add_argument("--rounds", type=int, default=rounds, help="interleaved rounds (each variant once per round)")
     parser.add_argument("--iters", type=int, default=iters, help="repetitions per variant per round")
     parser.add_argument("--quick", action="store_true", help="tiny model, small batch, 3 rounds: a smoke run")
+    if compile_option:
+        parser.add_argument("--compile", metavar="BACKEND", default=None,
+                            help="run every variant under torch.compile with this backend (inductor, eager, ...)")
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     if args.quick:

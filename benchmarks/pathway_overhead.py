@@ -12,6 +12,7 @@ Targets: frozen-aux step time ≤ 1.10x plain; peak memory above plain ≤ the a
 
     .venv/bin/python benchmarks/pathway_overhead.py                 # tiny + ViT-B
     .venv/bin/python benchmarks/pathway_overhead.py --quick         # tiny only, seconds
+    .venv/bin/python benchmarks/pathway_overhead.py --models vitb --compile inductor   # under torch.compile
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,11 +51,10 @@ class BranchPathwayLinear(PathwayLinear):
     """``x Wᵀ + b + Σ λ_i (x W_aux_iᵀ)``: no weight-sized temporaries, one extra matmul per aux."""
 
     def forward(self, x: Tensor) -> Tensor:
-        lambdas = self.lambdas - self.merged_lambdas if self.is_merged else self.lambdas
         out = F.linear(x, self.weight, self.bias)
         for i, aux in enumerate(self.aux_weights()):
             branch = F.linear(x, aux)
-            out = out + lambdas[i].to(branch.dtype) * branch
+            out = out + self.lambdas[i].to(branch.dtype) * branch
         return out
 
 
@@ -120,55 +120,74 @@ def make_step(model: nn.Module, batch: int, device: torch.device) -> Callable[[]
     return step
 
 
-def measure_memory(model_name: str, batch: int, device: torch.device) -> dict[str, tuple[int, int]]:
+def compiled(model: nn.Module, backend: Optional[str]) -> nn.Module:
+    """``torch.compile(model, backend=backend)``, or the model itself when ``backend`` is None."""
+    return model if backend is None else torch.compile(model, backend=backend)
+
+
+def measure_memory(model_name: str, batch: int, device: torch.device, variants: Sequence[Variant] = VARIANTS,
+                   compile_backend: Optional[str] = None) -> dict[str, tuple[int, int]]:
     """Per variant: (peak bytes of building the model and running 3 steps, aux weight bytes)."""
     def work(variant: Variant) -> Callable[[], int]:
         def build_and_step() -> int:
             model = build_variant(model_name, variant, device)
-            step = make_step(model, batch, device)
+            step = make_step(compiled(model, compile_backend), batch, device)
             for _ in range(3):
                 step()
             return aux_bytes(model)
         return build_and_step
 
-    return {v.label: peak_memory(work(v), device) for v in VARIANTS}
+    return {v.label: peak_memory(work(v), device) for v in variants}
 
 
-def run(model_name: str, batch: int, memory: dict[str, tuple[int, int]], rounds: int, iters: int,
-        device: torch.device) -> None:
-    models = {v.label: build_variant(model_name, v, device) for v in VARIANTS}
+def run(model_name: str, batch: int, memory: Optional[dict[str, tuple[int, int]]], rounds: int, iters: int,
+        device: torch.device, variants: Sequence[Variant] = VARIANTS,
+        compile_backend: Optional[str] = None) -> dict[str, tuple[float, float]]:
+    """Prints the table; returns each variant's (step time / plain, peak memory / plain's; NaN if not measured)."""
+    models = {v.label: compiled(build_variant(model_name, v, device), compile_backend) for v in variants}
     runners = {label: make_step(m, batch, device) for label, m in models.items()}
     timings = interleaved_timing(runners, rounds=rounds, iters_per_round=iters, device=device)
-    plain = timings[VARIANTS[0].label]
-    base_peak = memory[VARIANTS[0].label][0]
-    rows = []
-    for variant in VARIANTS:
+    plain = timings[variants[0].label]
+    rows, ratios = [], {}
+    for variant in variants:
         t = timings[variant.label]
-        peak, aux = memory[variant.label]
         ratio, spread = ratio_to(plain, t)
         median_s = sorted(t.seconds)[len(t.seconds) // 2]
+        row = [variant.label, f"{1 / median_s:.3f}", f"{batch / median_s:.1f}", f"{ratio:.3f} ± {spread:.3f}"]
+        if memory is None:
+            ratios[variant.label] = (ratio, float("nan"))
+            rows.append(row + ["not measured"] * 4)
+            continue
+        base_peak = memory[variants[0].label][0]
+        peak, aux = memory[variant.label]
         extra = peak - base_peak
-        rows.append([
-            variant.label, f"{1 / median_s:.3f}", f"{batch / median_s:.1f}", f"{ratio:.3f} ± {spread:.3f}",
-            f"{mib(peak):.0f}", f"{mib(extra):+.0f}", f"{mib(aux):.0f}", f"{extra / aux:.2f}" if aux else "-",
-        ])
+        ratios[variant.label] = (ratio, peak / base_peak)
+        rows.append(row + [f"{mib(peak):.0f}", f"{mib(extra):+.0f}", f"{mib(aux):.0f}",
+                           f"{extra / aux:.2f}" if aux else "-"])
     spec = MODELS[model_name]
     print_table(
         f"{model_name} ({spec['name']} {spec['kwargs'] or ''}, {spec['img_size']}px), batch {batch}, "
-        f"{precision_name(device)}, {describe_machine(device)}; {rounds} rounds x {iters} steps",
+        f"{precision_name(device)}{f', torch.compile({compile_backend})' if compile_backend else ''}, "
+        f"{describe_machine(device)}; {rounds} rounds x {iters} steps",
         ["variant", "steps/s", "samples/s", "time vs plain (median ± IQR/2)", "peak MiB", "Δ peak vs plain MiB",
          "aux MiB", "Δ / aux"],
         rows,
     )
+    return ratios
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     args, device, batches = model_benchmark_args(
-        __doc__, 5, 2, cpu_batches={"tiny": 64, "vitb": 4}, cuda_batches={"tiny": 256, "vitb": 64}, argv=argv
+        __doc__, 5, 2, cpu_batches={"tiny": 64, "vitb": 4}, cuda_batches={"tiny": 256, "vitb": 64}, argv=argv,
+        compile_option=True,
     )
-    memory = {m: measure_memory(m, b, device) for m, b in zip(args.models, batches)}  # before any timing
+    # Memory before any timing (CPU measures it in forked children, which must not inherit a live thread pool).
+    # torch.compile hangs in such a child, so on CPU compiled variants are timed only.
+    measure = args.compile is None or device.type == "cuda"
+    memory = {m: measure_memory(m, b, device, compile_backend=args.compile) if measure else None
+              for m, b in zip(args.models, batches)}
     for model_name, batch in zip(args.models, batches):
-        run(model_name, batch, memory[model_name], args.rounds, args.iters, device)
+        run(model_name, batch, memory[model_name], args.rounds, args.iters, device, compile_backend=args.compile)
 
 
 if __name__ == "__main__":

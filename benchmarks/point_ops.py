@@ -1,23 +1,52 @@
-"""Speed of Point.ops (FPS + kNN) against a brute-force per-cloud reference and, when installed, pytorch3d.
+"""Speed of Point.ops' pure-torch FPS and kNN at the shapes where issue 14 compared them with pytorch3d.
 
-Cases (batch 32): 1024-point clouds -> 64 FPS centres (the ModelNet40 tokenizer), and 8192-point clouds ->
-1024 FPS samples (the data-level subsampling of the .dat files); each followed by 32-NN of the sampled points.
-The brute-force reference loops over clouds, allocates fresh temporaries at every FPS step and fully sorts
-the distance matrix for kNN: what a straightforward implementation does.  It is slow, so it runs fewer reps.
+Cases: FPS of 128 from 2,048 points, batch 8 (pure torch was slowest next to pytorch3d here); 32-NN of 512
+queries among 8,192 points, batch 32 (likewise for kNN); and the two uses in the Point pipeline: 1,024-point
+clouds -> 64 FPS centres + 32-NN (the tokenizer), 8,192-point clouds -> 1,024 FPS samples (data subsampling).
+Every result is checked against a brute-force per-cloud reference (same FPS start and tie-breaking, same
+neighbours).  pytorch3d runs in the same process when importable; otherwise its times from issue 14 (0.7.9 built
+from source, a 2-core CPU: another machine) are printed beside ours for orientation, not as a same-run ratio.
 
-    python benchmarks/point_ops.py [--device cuda] [--reps 3] [--ref-reps 1]
-
-Prints times and ratios (reference / Point.ops, pytorch3d / Point.ops) and checks all agree.
+    .venv/bin/python benchmarks/point_ops.py [--device cuda] [--reps 5]
+    .venv/bin/python benchmarks/point_ops.py --quick      # small clouds: a smoke run
 """
 from __future__ import annotations
 
+import os
+
+# Set before torch loads libgomp: spinning OpenMP threads on a CPU shared with other work run up to ~80x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
+import statistics
 import time
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import torch
 
+from bench_utils import print_table
 from Point import ops
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    batch: int
+    points: int
+    fps: int = 0                 # FPS samples (0: no FPS, the queries are the first `queries` points)
+    queries: int = 0             # kNN queries when there is no FPS
+    k: int = 0                   # neighbours (0: no kNN)
+    pytorch3d_issue_ms: Optional[float] = None  # issue 14's pytorch3d time on its machine
+
+
+CASES = (
+    Case("FPS 2048 -> 128, batch 8", 8, 2048, fps=128, pytorch3d_issue_ms=6.0),
+    Case("32-NN of 512 among 8192, batch 32", 32, 8192, queries=512, k=32, pytorch3d_issue_ms=560.0),
+    Case("tokenizer: FPS 1024 -> 64 + 32-NN, batch 32", 32, 1024, fps=64, k=32),
+    Case("subsampling: FPS 8192 -> 1024, batch 32", 32, 8192, fps=1024),
+)
+QUICK = (Case("FPS 256 -> 32, batch 2", 2, 256, fps=32), Case("8-NN of 32 among 256, batch 2", 2, 256, queries=32, k=8))
 
 
 def fps_reference(points: torch.Tensor, k: int) -> torch.Tensor:
@@ -33,66 +62,74 @@ def fps_reference(points: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def knn_reference(queries: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
-    out = []
-    for q, p in zip(queries, points):
-        d = ((q[:, None, :] - p[None, :, :]) ** 2).sum(-1)
-        out.append(d.argsort(dim=-1)[:, :k])
-    return torch.stack(out)
+    return torch.stack([((q[:, None] - p[None]) ** 2).sum(-1).argsort(dim=-1)[:, :k] for q, p in zip(queries, points)])
 
 
-def timed(fn: Callable[[], object], reps: int, device: torch.device) -> tuple[float, object]:
-    result = fn()  # warm-up (and the result to compare)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+def timed(fn: Callable[[], Any], reps: int, device: torch.device) -> tuple[float, Any]:
+    """Median seconds of ``reps`` calls after one warm-up call, and that call's result."""
+    result = fn()
+    times = []
     for _ in range(reps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
         fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / reps, result
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
 
 
-def main() -> None:
+def pipeline(case: Case, points: torch.Tensor, fps: Callable, knn: Callable) -> tuple[torch.Tensor, ...]:
+    """The case's FPS and/or kNN with the given functions; returns the indices."""
+    out: list[torch.Tensor] = []
+    if case.fps:
+        queries, idx = fps(points, case.fps)
+        out.append(idx.long())
+    else:
+        queries = points[:, :case.queries].contiguous()
+    if case.k:
+        out.append(knn(queries, points, case.k).long())
+    return tuple(out)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--ref-reps", type=int, default=1)
-    parser.add_argument("--batch", type=int, default=32)
-    args = parser.parse_args()
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="small clouds, 2 reps: a smoke run")
+    args = parser.parse_args(argv)
     device = torch.device(args.device)
     try:
         from pytorch3d.ops import knn_points, sample_farthest_points
     except ImportError:
         knn_points = sample_farthest_points = None
-    print(f"device={device} batch={args.batch} Point.ops backend={ops.BACKEND} "
-          f"pytorch3d={'yes' if knn_points else 'not installed'} threads={torch.get_num_threads()}")
-    for num_points, samples in ((1024, 64), (8192, 1024)):
-        g = torch.Generator().manual_seed(0)
-        points = torch.randn(args.batch, num_points, 3, generator=g).to(device)
-
-        def ours() -> torch.Tensor:
-            centres, idx = ops.farthest_point_sample_torch(points, samples)
-            return idx, ops.knn_torch(centres, points, 32)[1]
-
-        def reference() -> torch.Tensor:
-            idx = fps_reference(points, samples)
-            centres = ops.gather_points(points, idx)
-            return idx, knn_reference(centres, points, 32)
-
-        t_ours, (idx, nn_idx) = timed(ours, args.reps, device)
-        t_ref, (ref_idx, ref_nn) = timed(reference, args.ref_reps, device)
-        agree = torch.equal(idx, ref_idx) and torch.equal(nn_idx, ref_nn)
-        line = (f"N={num_points:5d} FPS->{samples:4d} + 32-NN: Point.ops {t_ours * 1e3:9.1f} ms | "
-                f"brute force {t_ref * 1e3:10.1f} ms (x{t_ref / t_ours:6.1f}) | same result: {agree}")
+    cases, reps = (QUICK, 2) if args.quick else (CASES, args.reps)
+    rows = []
+    for case in cases:
+        points = torch.randn(case.batch, case.points, 3, generator=torch.Generator().manual_seed(0)).to(device)
+        ours_s, ours = timed(lambda: pipeline(case, points, ops.farthest_point_sample_torch,
+                                              lambda q, p, k: ops.knn_torch(q, p, k)[1]), reps, device)
+        reference = pipeline(case, points, lambda p, k: (ops.gather_points(p, idx := fps_reference(p, k)), idx),
+                             knn_reference)
+        same = all(torch.equal(a, b) for a, b in zip(ours, reference))
         if sample_farthest_points is not None:
-            def p3d() -> torch.Tensor:
-                centres, p_idx = sample_farthest_points(points, K=samples)
-                return p_idx, knn_points(centres, points, K=32).idx
-
-            t_p3d, (p_idx, p_nn) = timed(p3d, args.reps, device)
-            line += (f" | pytorch3d {t_p3d * 1e3:8.1f} ms (pytorch3d/Point.ops = {t_p3d / t_ours:5.2f}, "
-                     f"same FPS: {torch.equal(p_idx.long(), idx)})")
-        print(line, flush=True)
+            p3d_s, p3d = timed(lambda: pipeline(case, points, lambda p, k: sample_farthest_points(p, K=k),
+                                                lambda q, p, k: knn_points(q, p, K=k).idx), reps, device)
+            p3d_cell = f"{p3d_s * 1e3:.1f} (same result: {all(torch.equal(a, b) for a, b in zip(ours, p3d))})"
+            ratio = f"{ours_s / p3d_s:.2f}"
+        else:
+            p3d_cell, ratio = "not installed", "—"
+        issue = f"{case.pytorch3d_issue_ms:g}" if case.pytorch3d_issue_ms is not None else "—"
+        rows.append([case.label, f"{ours_s * 1e3:.1f}", str(same), p3d_cell, ratio, issue])
+        print(f"{case.label}: {ours_s * 1e3:.1f} ms", flush=True)
+    print_table(
+        f"Point.ops pure torch on {device} ({torch.get_num_threads()} threads, torch {torch.__version__}), "
+        f"median of {reps}",
+        ["case", "Point.ops ms", "same as brute force", "pytorch3d ms (this run)", "Point.ops / pytorch3d",
+         "pytorch3d ms (issue 14, other machine)"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from bench_utils import (
     precision_name, print_table, ratio_to,
 )
 from pathway import PathwayLinear, fuse_pathway, pathway_layers, reparameterize_aux_into_target_model
+from pathway.layers import is_lambdas_key, parse_aux_weight_key
 
 
 def pathway_model(model_name: str, device: torch.device) -> nn.Module:
@@ -43,13 +44,14 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def run(model_name: str, batch: int, rounds: int, iters: int, device: torch.device) -> None:
+def run(model_name: str, batch: int, rounds: int, iters: int, device: torch.device) -> dict[str, float]:
+    """Prints the table; returns each model's inference time / the plain ViT's."""
     unmerged = pathway_model(model_name, device)
     fused = fuse_pathway(unmerged)
     plain = build_vit(model_name, seed=3, device=device).eval()
     plain.load_state_dict(fused.state_dict(), strict=True)
     leftovers = [n for n, m in fused.named_modules() if isinstance(m, PathwayLinear)]
-    leftovers += [k for k in fused.state_dict() if "lambdas" in k or "aux_weight" in k]
+    leftovers += [k for k in fused.state_dict() if is_lambdas_key(k) or parse_aux_weight_key(k)]
     if leftovers:
         raise RuntimeError(f"fused model still carries the pathway: {leftovers[:3]}")
 
@@ -68,10 +70,11 @@ def run(model_name: str, batch: int, rounds: int, iters: int, device: torch.devi
     outputs = {name: run_fn().float() for name, run_fn in runners.items()}
     timings = interleaved_timing(runners, rounds=rounds, iters_per_round=iters, device=device)
     baseline = timings["plain timm ViT (baseline)"]
-    rows = []
+    rows, ratios = [], {}
     for name, model in models.items():
         t = timings[name]
         ratio, spread = ratio_to(baseline, t)
+        ratios[name] = ratio
         median_s = sorted(t.seconds)[len(t.seconds) // 2]
         rows.append([
             name, f"{num_params(model):,}", f"{batch / median_s:.1f}", f"{ratio:.3f} ± {spread:.3f}",
@@ -84,6 +87,7 @@ def run(model_name: str, batch: int, rounds: int, iters: int, device: torch.devi
         ["model", "parameters", "images/s", "time vs plain", "max |out − unmerged|"],
         rows,
     )
+    return ratios
 
 
 def main(argv: Optional[list[str]] = None) -> None:
