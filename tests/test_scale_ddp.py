@@ -22,8 +22,8 @@ def build_model(aux: Path):
     from Image.model import ImageClassifier
 
     torch.manual_seed(0)
-    return ImageClassifier(**TINY_IMAGE_MODEL, num_classes=NUM_CLASSES, aux_ckpts=[str(aux)], blr=0.5,
-                           warmup_epochs=0.0, label_smoothing=0.1, top_k=1)
+    return ImageClassifier(**TINY_IMAGE_MODEL, num_classes=NUM_CLASSES, aux_ckpts=[str(aux)], aux_trainable=False,
+                           blr=0.5, warmup_epochs=0.0, label_smoothing=0.1, top_k=1)
 
 
 class BroadcastBuffers(L.Callback):
