@@ -17,11 +17,11 @@ trained on a larger disjoint digits split, the paper's main setting).  Arms:
 
 Per arm: the mean and 95% t-interval of the *paired* difference in final test top-1 against the same seed's
 baseline; mean |λ|; the relative size of the borrowed term ``|λ|·‖W_aux‖ / ‖W‖``; and, for the λ-lr arms, mean
-|λ| per layer type after every epoch (a plot).  Every model is a tiny transformer (width 64, depth 4, 4 heads,
+|λ| per layer type after every epoch (a plot).  Every model is a tiny transformer (width 32, depth 4, 4 heads,
 16 tokens) with a modality tokenizer: the shape the pathway needs.  Data is built in memory, nothing is read
 from or written to disk except the plot.
 
-    .venv/bin/python benchmarks/controlled_study.py             # 5 seeds, every arm (about 20 min on 2 cores)
+    .venv/bin/python benchmarks/controlled_study.py             # 5 seeds, every arm, seeds in parallel processes
     .venv/bin/python benchmarks/controlled_study.py --full      # 10 seeds, longer training, every lr x aux
     .venv/bin/python benchmarks/controlled_study.py --quick     # 2 seeds, 2 epochs: a smoke run
 """

@@ -29,6 +29,7 @@ def run_quick(script: str) -> str:
         ("pathway_overhead.py", ["plain fine-tune", "pathway 1 aux frozen", "pathway 1 aux trainable",
                                  "pathway 2 aux frozen", "[W_eff saved, before]", "[x·W_auxᵀ branch]"]),
         ("zero_cost_inference.py", ["plain timm ViT (baseline)", "fused pathway model", "unmerged pathway model"]),
+        ("point_ops.py", ["FPS 256 -> 32, batch 2", "8-NN of 32 among 256, batch 2"]),
     ],
 )
 def test_quick_run_prints_its_table(script: str, rows: list[str]) -> None:
