@@ -98,5 +98,5 @@ def test_ddp_matches_single_process_and_syncs_metrics(tmp_path: Path) -> None:
     assert result["val"]["val/acc1"] == 0.5  # synced: rank 0 alone would report 1.0, rank 1 alone 0.0
     assert result["test"]["test/num_samples"] == 4.0  # views gathered across ranks, each sample once
     assert result["test"]["test/acc1"] == 0.5
-    aux_numel = sum(v.numel() for k, v in single.state_dict().items() if "aux_weight" in k)
+    aux_numel = sum(v.numel() for k, v in single.named_buffers() if "aux_weight" in k)
     assert 0 <= result["ddp_buffer_numel"] < aux_numel  # frozen aux weights are not broadcast every step
