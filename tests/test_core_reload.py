@@ -20,7 +20,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "Image" / "configs" / "demo.yaml"
 
 def _args(digits_root: Path, target: Path, aux: Path, out: Path) -> list[str]:
     return [
-        "--config", str(CONFIG), "--model.img_size", "16", "--model.model_kwargs", json.dumps(TINY_MODEL_KWARGS),
+        "--config", str(CONFIG), "--model.model_kwargs", json.dumps(TINY_MODEL_KWARGS),
         "--model.target_ckpt", str(target), "--model.aux_ckpts", json.dumps([str(aux)]),
         "--model.aux_trainable", "false", "--data.root", str(digits_root), "--data.img_size", "16",
         "--data.batch_size", "8", "--data.num_workers", "0", "--trainer.default_root_dir", str(out),
