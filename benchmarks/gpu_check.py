@@ -267,7 +267,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             passed = ratio <= limit
             if not passed:
                 missed.append(f"{label} ({mode})")
-            lines.append(f"| {label}, {mode}: step ≤ {limit:.2f}x plain | {ratio:.3f}x (peak memory {memory:.2f}x) | "
+            peak = "not measured" if memory != memory else f"{memory:.2f}x"
+            lines.append(f"| {label}, {mode}: step ≤ {limit:.2f}x plain | {ratio:.3f}x (peak memory {peak}) | "
                          f"{'pass' if passed else '**miss**'} |")
     merged = results["4. Zero-cost inference"]
     if merged:
