@@ -6,6 +6,9 @@ Every command runs in its own process group under a watchdog: a run that exceeds
 (``os.killpg``) and fails the test, so a DDP deadlock fails CI instead of hanging it.  Data and aux checkpoints are
 written tiny, at the paths the demo configs read (relative to the working folder), so the configs run unchanged
 apart from sizes and ``limit_*_batches``.
+
+Marked ``launch``: ~7 minutes on 2 cores, so ``.ci/run`` runs it as its own step (``pytest -m launch tests``) and the
+default ``pytest tests`` leaves it out.
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ import timm
 import torch
 import yaml
 from safetensors.torch import save_file
+
+pytestmark = pytest.mark.launch
 
 REPO = Path(__file__).resolve().parents[1]
 DDP = ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]
