@@ -95,6 +95,17 @@ def test_pathway_state_dict_as_aux_is_folded(tmp_path: Path, keys: str) -> None:
         torch.testing.assert_close(layers[name].aux_weight_0.detach(), weight, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("keys", ["ours", "reference"])
+def test_pathway_module_in_memory_as_aux_is_folded(keys: str) -> None:
+    """The library entry point with a live pathway model (ours or the reference layer) as aux, no file involved."""
+    target = make_vit(seed=3)
+    reparameterize_aux_into_target_model(target, _pathway_model(keys))
+    layers = dict(pathway_layers(target))
+    assert len(layers) == 8
+    for name, weight in _expected_weights().items():
+        torch.testing.assert_close(layers[name].aux_weight_0.detach(), weight, rtol=0, atol=1e-6)
+
+
 def test_reference_pickled_module_unpickles_and_folds(tmp_path: Path, tiny_input: torch.Tensor) -> None:
     source = _pathway_model("reference")
     path = tmp_path / "m2pt_release.pth"

@@ -12,19 +12,23 @@ from typing import Union
 import torch
 from torch import Tensor, nn
 
-from pathway.layers import LAMBDAS, PathwayLinear, aux_weight_name
+from pathway.checkpoint import fold_pathway_state_dict
+from pathway.layers import PathwayLinear
 
 DEFAULT_LAYER_NAMES: tuple[str, ...] = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 AuxSource = Union[nn.Module, Mapping[str, Tensor]]
 
 
-def _as_state_dict(aux: AuxSource) -> Mapping[str, Tensor]:
+def _as_state_dict(aux: AuxSource, index: int) -> Mapping[str, Tensor]:
+    """The aux's state dict with any pathway it carries (ours or the reference code's) folded into its weights."""
     if isinstance(aux, nn.Module):
-        return aux.state_dict()
-    if isinstance(aux, Mapping):
-        return aux
-    raise TypeError(f"an auxiliary model must be an nn.Module or a state dict, got {type(aux).__name__}")
+        state = aux.state_dict()
+    elif isinstance(aux, Mapping):
+        state = aux
+    else:
+        raise TypeError(f"an auxiliary model must be an nn.Module or a state dict, got {type(aux).__name__}")
+    return fold_pathway_state_dict(state, source=f"auxiliary model {index}")
 
 
 def _count_blocks(state_dict: Mapping[str, Tensor], main_body_name: str) -> int:
@@ -35,23 +39,11 @@ def _count_blocks(state_dict: Mapping[str, Tensor], main_body_name: str) -> int:
 
 
 def _aux_weight(state_dict: Mapping[str, Tensor], name: str, aux_index: int, layer: nn.Module) -> Tensor:
-    """The aux weight for one layer; an aux that is itself a pathway model contributes its folded weight."""
+    """The aux weight for one layer (already folded when the aux is itself a pathway model)."""
     key = f"{name}.weight"
     if key not in state_dict:
         raise KeyError(f"auxiliary model {aux_index} has no '{key}' (needed for target layer '{name}')")
     weight = state_dict[key]
-    lambdas = state_dict.get(f"{name}.{LAMBDAS}")
-    if lambdas is not None:
-        missing = [f"{name}.{aux_weight_name(j)}" for j in range(len(lambdas))
-                   if f"{name}.{aux_weight_name(j)}" not in state_dict]
-        if missing:
-            raise KeyError(
-                f"auxiliary model {aux_index} is itself a pathway model whose aux weights are not in it ({missing[0]}); "
-                "use its merged export (merged.safetensors or `python -m pathway export`) as the aux"
-            )
-        weight = weight.float() + sum(
-            lam * state_dict[f"{name}.{aux_weight_name(j)}"].float() for j, lam in enumerate(lambdas.float())
-        )
     if tuple(weight.shape) != tuple(layer.weight.shape):
         raise ValueError(
             f"shape mismatch at '{name}': target weight {tuple(layer.weight.shape)}, "
@@ -78,7 +70,7 @@ def reparameterize_aux_into_target_model(
     auxes = list(aux) if isinstance(aux, (list, tuple)) else [aux]
     if not auxes:
         raise ValueError("reparameterize_aux_into_target_model needs at least one auxiliary model")
-    aux_states = [_as_state_dict(a) for a in auxes]
+    aux_states = [_as_state_dict(a, j) for j, a in enumerate(auxes)]
     body = target.get_submodule(main_body_name)
     if not isinstance(body, (nn.ModuleList, nn.Sequential)):
         raise TypeError(f"target '{main_body_name}' must be an nn.ModuleList/Sequential, got {type(body).__name__}")
