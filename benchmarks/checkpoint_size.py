@@ -37,8 +37,10 @@ def main() -> None:
         sizes = {}
         for name, kwargs in {
             "plain fine-tuning (no aux)": dict(aux_ckpts=[]),
-            "pathway, aux as path+sha256 (default)": dict(aux_ckpts=[str(tmp / "aux.pt")]),
-            "pathway, store_aux_in_checkpoint=True": dict(aux_ckpts=[str(tmp / "aux.pt")], store_aux_in_checkpoint=True),
+            "pathway, trained aux (default, the paper's)": dict(aux_ckpts=[str(tmp / "aux.pt")]),
+            "pathway, frozen aux as path+sha256": dict(aux_ckpts=[str(tmp / "aux.pt")], aux_trainable=False),
+            "pathway, frozen aux stored": dict(aux_ckpts=[str(tmp / "aux.pt")], aux_trainable=False,
+                                               store_aux_in_checkpoint=True),
         }.items():
             module = ImageClassifier(model_name=args.model, num_classes=args.num_classes, drop_path_rate=0.0,
                                      lr=1e-4, **kwargs)
