@@ -93,3 +93,25 @@ class DumpTrainingState(L.Callback):
             "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
             "lambdas": lambda_table(pl_module.backbone),
         }, self.path)
+
+
+def tiny_image_fit_config(tmp_path: Path, root: Path, aux: Path, trainer: dict[str, Any], model: dict[str, Any],
+                          **sections: Any) -> Path:
+    """``tmp_path/fit.yaml`` for ``python -m Image fit``: the tiny ViT with a pathway from ``aux`` on a 16-px
+    ImageFolder without RandAugment or erasing, runs in ``tmp_path/run``; each test adds its trainer and model
+    settings and any other section (``checkpoint``, ``lambda_monitor`` ...)."""
+    import yaml
+
+    config = {
+        "seed_everything": 0,
+        "trainer": {"default_root_dir": str(tmp_path / "run"), "enable_model_summary": False, **trainer},
+        "model": {"model_name": "vit_tiny_patch16_224", "drop_path_rate": 0.0,
+                  "model_kwargs": {"patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2},
+                  "aux_ckpts": [str(aux)], **model},
+        "data": {"root": str(root), "img_size": 16, "batch_size": 2, "num_workers": 0, "pin_memory": False,
+                 "auto_augment": None, "re_prob": 0.0},
+        **sections,
+    }
+    path = tmp_path / "fit.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from _scale_utils import make_imagefolder, save_aux
+from _scale_utils import make_imagefolder, save_aux, tiny_image_fit_config
 
 REPO = Path(__file__).resolve().parents[1]
 STOP_WITHIN_S = 60.0
@@ -22,36 +22,12 @@ STOP_WITHIN_S = 60.0
 
 def write_config(tmp_path: Path) -> Path:
     root = make_imagefolder(tmp_path / "data", classes=3, per_class=120)
-    aux = save_aux(tmp_path / "aux.pt")
-    config = tmp_path / "fit.yaml"
-    config.write_text(f"""
-seed_everything: 0
-trainer:
-  accelerator: cpu
-  devices: 2
-  strategy: ddp
-  max_epochs: 50
-  default_root_dir: {tmp_path / 'run'}
-  enable_model_summary: false
-  log_every_n_steps: 1
-  limit_val_batches: 1
-model:
-  model_name: vit_tiny_patch16_224
-  img_size: 16
-  drop_path_rate: 0.0
-  model_kwargs: {{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}}
-  aux_ckpts: [{aux}]
-  lr: 1.0e-3
-data:
-  root: {root}
-  img_size: 16
-  batch_size: 2
-  num_workers: 0
-  pin_memory: false
-  auto_augment: null
-  re_prob: 0.0
-""")
-    return config
+    return tiny_image_fit_config(
+        tmp_path, root, save_aux(tmp_path / "aux.pt"),
+        trainer=dict(accelerator="cpu", devices=2, strategy="ddp", max_epochs=50, log_every_n_steps=1,
+                     limit_val_batches=1),
+        model=dict(lr=1.0e-3),
+    )
 
 
 def _group_alive(pgid: int) -> bool:

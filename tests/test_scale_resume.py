@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from _scale_utils import make_imagefolder, save_aux
+from _scale_utils import make_imagefolder, save_aux, tiny_image_fit_config
 from pathway.resume import resolve_last_checkpoint
 
 TESTS = Path(__file__).resolve().parent
@@ -20,40 +20,15 @@ BATCHES_PER_EPOCH = 240  # 3 classes x 160 images / batch 2
 
 def write_config(tmp_path: Path) -> Path:
     root = make_imagefolder(tmp_path / "data", classes=3, per_class=160)
-    aux = save_aux(tmp_path / "aux.pt")
-    config = tmp_path / "fit.yaml"
-    config.write_text(f"""
-seed_everything: 0
-trainer:
-  accelerator: cpu
-  max_steps: 100000
-  default_root_dir: {tmp_path / 'run'}
-  enable_progress_bar: false
-  enable_model_summary: false
-  num_sanity_val_steps: 0
-  limit_val_batches: 2
-model:
-  model_name: vit_tiny_patch16_224
-  drop_path_rate: 0.0
-  model_kwargs: {{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}}
-  aux_ckpts: [{aux}]
-  lr: 5.0e-3
-  warmup_epochs: 0.5
-data:
-  root: {root}
-  img_size: 16
-  batch_size: 2
-  num_workers: 0
-  pin_memory: false
-  auto_augment: null
-  re_prob: 0.0
-checkpoint:
-  every_n_train_steps: 1
-  monitor: null  # Lightning 2.6 defers step checkpoints until the monitored val metric exists
-lambda_monitor:
-  heatmap: false
-""")
-    return config
+    return tiny_image_fit_config(
+        tmp_path, root, save_aux(tmp_path / "aux.pt"),
+        trainer=dict(accelerator="cpu", max_steps=100000, enable_progress_bar=False, num_sanity_val_steps=0,
+                     limit_val_batches=2),
+        model=dict(lr=5.0e-3, warmup_epochs=0.5),
+        # monitor: Lightning 2.6 defers step checkpoints until the monitored val metric exists
+        checkpoint=dict(every_n_train_steps=1, monitor=None),
+        lambda_monitor=dict(heatmap=False),
+    )
 
 
 def start_fit(config: Path, tmp_path: Path, *extra: str) -> subprocess.Popen:

@@ -69,40 +69,18 @@ def write_config(tmp_path: Path) -> Path:
     """2 classes x 2 black images, no RandAugment or random erasing: the remaining random augmentation (crop, flip,
     colour jitter) leaves a black image black, so the interrupted run can match the uninterrupted one exactly
     although a resumed job does not continue the random streams of the stopped one (checkpoints do not hold them)."""
-    from _scale_utils import save_aux
+    from _scale_utils import save_aux, tiny_image_fit_config
 
     for split in ("train", "val"):
         for c in range(2):
             (tmp_path / "data" / split / f"c{c}").mkdir(parents=True)
             for n in range(2):
                 PILImage.new("RGB", (16, 16)).save(tmp_path / "data" / split / f"c{c}" / f"{n}.png")
-    aux = save_aux(tmp_path / "aux.pt")
-    config = tmp_path / "fit.yaml"
-    config.write_text(f"""
-seed_everything: 0
-trainer:
-  max_epochs: {EPOCHS}
-  default_root_dir: {tmp_path / 'run'}
-  enable_model_summary: false
-  num_sanity_val_steps: 0
-  log_every_n_steps: 1
-model:
-  model_name: vit_tiny_patch16_224
-  drop_path_rate: 0.0
-  model_kwargs: {{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}}
-  aux_ckpts: [{aux}]
-  lr: 5.0e-2
-  warmup_epochs: 0.0
-data:
-  root: {tmp_path / 'data'}
-  img_size: 16
-  batch_size: 2
-  num_workers: 0
-  pin_memory: false
-  auto_augment: null
-  re_prob: 0.0
-""")
-    return config
+    return tiny_image_fit_config(
+        tmp_path, tmp_path / "data", save_aux(tmp_path / "aux.pt"),
+        trainer=dict(max_epochs=EPOCHS, num_sanity_val_steps=0, log_every_n_steps=1),
+        model=dict(lr=5.0e-2, warmup_epochs=0.0),
+    )
 
 
 def run(*cmd: str) -> str:
