@@ -206,13 +206,14 @@ class PathwayModule(L.LightningModule):
         """Frozen aux weights kept out of checkpoints (path + sha256 instead)."""
         return not (self.hparams.aux_trainable or self.hparams.store_aux_in_checkpoint)
 
-    def apply_pathway(self, aux_paths: list[str]) -> None:
+    def apply_pathway(self, aux_paths: list[str], verified_hashes: Mapping[str, str] = {}) -> None:
+        """Build the pathway from aux files; ``verified_hashes`` are digests already checked (not hashed again)."""
         auxes = []
         for path in aux_paths:
             state = load_state_dict(path, trust_pickle=self.hparams.trust_pickle)
             auxes.append(aux_state_dict(state, main_body_name=self.hparams.main_body_name, source=str(path)))
             if self._aux_by_reference:
-                self.aux_hashes[str(path)] = file_sha256(path)
+                self.aux_hashes[str(path)] = verified_hashes.get(str(path)) or file_sha256(path)
         self._build_pathway(auxes, source=f"aux checkpoints {aux_paths}")
 
     def _build_pathway(self, auxes: list[Mapping[str, Tensor]], source: str) -> None:
@@ -303,7 +304,7 @@ class PathwayModule(L.LightningModule):
             )
         for path, digest in saved.items():
             _verify_aux_file(path, digest)
-        self.apply_pathway(list(saved))
+        self.apply_pathway(list(saved), verified_hashes=saved)
 
     def effective_lr(self) -> float:
         if self.hparams.lr is not None:
