@@ -31,7 +31,8 @@ def test_cpu_smoke_writes_a_passing_report(tmp_path: Path) -> None:
     report = (tmp_path / "report_dir" / "report.md").read_text()
     assert result.returncode == 0, f"{report}\n{result.stderr[-4000:]}"
     for section in ("## 1. PathwayLinear under mixed precision", "## 2. Demo models, bf16-mixed training steps",
-                    "## 3. Training-step overhead and peak memory", "## 4. Zero-cost inference", "## 5. Targets"):
+                    "## 3. Training-step overhead and peak memory", "## 4. Zero-cost inference",
+                    "## 5. Training-step overhead under torch.compile", "## 6. Targets"):
         assert section in report
     assert "FAIL" not in report and "All correctness checks passed." in report
     for row in ("| fp16 autocast + GradScaler | lambdas.grad |", "| Image |", "| Video |", "| Point |", "| Audio |",
