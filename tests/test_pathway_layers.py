@@ -280,3 +280,71 @@ def test_state_dict_of_a_merged_layer_is_the_unmerged_layer(aux_trainable: bool)
     torch.testing.assert_close(other(_x()), ref, atol=1e-5, rtol=0)
     other.unmerge_()
     torch.testing.assert_close(other(_x()), ref, atol=1e-5, rtol=0)
+
+
+def _saved_weight_shaped(layer: PathwayLinear, autocast: bool) -> list[torch.Tensor]:
+    """The (out, in)-shaped tensors autograd keeps for the layer's backward."""
+    saved: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if tuple(t.shape) == tuple(layer.weight.shape):
+            saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            layer(_x().requires_grad_())
+    return saved
+
+
+def test_backward_keeps_no_full_precision_summed_weight() -> None:
+    # fp32: only W and the aux (already resident) are saved, the sum is recomputed in backward; under autocast the
+    # bf16 copy the matmul used is saved (half the fp32 bytes) instead of recomputing it.
+    layer = PathwayLinear(_linear(), [_aux(1), _aux(2)], lambda_init=0.5, aux_trainable=False)
+    resident = {layer.weight.data_ptr(), layer.aux_weight_0.data_ptr(), layer.aux_weight_1.data_ptr()}
+    fp32 = _saved_weight_shaped(layer, autocast=False)
+    assert fp32 and {t.data_ptr() for t in fp32} <= resident
+    bf16 = _saved_weight_shaped(layer, autocast=True)
+    new = [t for t in bf16 if t.data_ptr() not in resident]
+    assert [t.dtype for t in new] == [torch.bfloat16]
+    expected = (layer.weight + 0.5 * layer.aux_weight_0 + 0.5 * layer.aux_weight_1).detach().bfloat16()
+    torch.testing.assert_close(new[0], expected, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_saved_and_recomputed_sum_give_plain_autograd_gradients(autocast: bool) -> None:
+    linear = _linear()
+    auxes = [_aux(1), _aux(2)]
+    layer = PathwayLinear(linear, auxes, aux_trainable=True)
+    with torch.no_grad():
+        layer.lambdas.copy_(torch.tensor([0.3, -0.6]))
+    x = _x().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        layer(x).float().square().sum().backward()
+
+    w = linear.weight.detach().clone().requires_grad_()
+    b = linear.bias.detach().clone().requires_grad_()
+    lam = torch.tensor([0.3, -0.6], requires_grad=True)
+    a = [t.clone().requires_grad_() for t in auxes]
+    x_ref = x.detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        torch.nn.functional.linear(x_ref, w + lam[0] * a[0] + lam[1] * a[1], b).float().square().sum().backward()
+    for got, ref in [(x.grad, x_ref.grad), (layer.weight.grad, w.grad), (layer.bias.grad, b.grad),
+                     (layer.lambdas.grad, lam.grad), (layer.aux_weight_0.grad, a[0].grad),
+                     (layer.aux_weight_1.grad, a[1].grad)]:
+        torch.testing.assert_close(got, ref, rtol=2e-2 if autocast else 1e-5, atol=2e-2 if autocast else 1e-5)
+
+
+def test_compiled_layer_matches_eager() -> None:
+    # Under torch.compile the layer is the plain expression (fused by the compiler): same values and gradients.
+    eager = PathwayLinear(_linear(), [_aux(1)], lambda_init=0.4, aux_trainable=True)
+    compiled_layer = PathwayLinear(_linear(), [_aux(1)], lambda_init=0.4, aux_trainable=True)
+    compiled = torch.compile(compiled_layer, backend="aot_eager", fullgraph=True)
+    x = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(5))
+    out_eager, out_compiled = eager(x), compiled(x)
+    torch.testing.assert_close(out_compiled, out_eager)
+    out_eager.square().sum().backward()
+    out_compiled.square().sum().backward()
+    for name, param in eager.named_parameters():
+        torch.testing.assert_close(dict(compiled_layer.named_parameters())[name].grad, param.grad, msg=name)
+    assert eager.lambdas.grad.abs().sum() > 0

@@ -52,14 +52,36 @@ def _summed_weight(weight: Tensor, lambdas: Tensor, aux_weights: Sequence[Tensor
     return _aux_delta(lambdas, aux_weights, weight.dtype).add_(weight)
 
 
+def _summed_weight_as(weight: Tensor, lambdas: Tensor, aux_weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
+    """``_summed_weight`` cast to ``dtype``, with as few host-side op calls as it takes (no autograd).
+
+    The same products and sums in the same order as ``_summed_weight`` (so the same bits), without the no-op
+    ``.to`` calls: on a GPU an eager training step is bound by the host issuing kernels, and this runs twice per
+    layer per step.
+    """
+    if lambdas.dtype != weight.dtype:
+        lambdas = lambdas.to(weight.dtype)
+    if len(aux_weights) == 1:
+        summed = aux_weights[0] * lambdas  # (out, in) * (1,): λ_0 broadcast, no indexing op
+    else:
+        scales = lambdas.unbind()
+        summed = aux_weights[0] * scales[0]
+        for aux, scale in zip(aux_weights[1:], scales[1:]):
+            summed.add_(aux * scale)
+    summed.add_(weight)
+    return summed if dtype == summed.dtype else summed.to(dtype)
+
+
 class _PathwayLinearFunction(torch.autograd.Function):
-    """``x (W + Σ λ_i W_aux_i)ᵀ + b`` that keeps no summed weight alive between forward and backward.
+    """``x (W + Σ λ_i W_aux_i)ᵀ + b`` that keeps no full-precision summed weight alive until backward.
 
     Plain autograd on ``F.linear(x, W + Σ λ W_aux)`` saves the summed weight of every layer for the backward
-    pass: one extra weight-sized tensor per layer for the whole step (+100% of the aux weights in peak memory).
-    Here backward recomputes the sum instead (one elementwise pass per aux, cheap next to the matmuls) and
-    computes ``∂L/∂λ_i = <∂L/∂W_eff, W_aux_i>`` as a dot product.  The matmuls run in ``compute_dtype`` (the
-    autocast dtype under autocast), weight gradients come back in the parameters' own dtypes, as with autocast.
+    pass: one extra weight-sized tensor per layer for the whole step (+100% of the aux weights in peak memory in
+    fp32).  Here the summed weight is saved only when the matmul runs in a narrower dtype than the weights (under
+    autocast: the bf16/fp16 copy the matmul used, half the fp32 aux bytes at most), which spares backward a second
+    weight-sized pass and its host-side ops; otherwise backward recomputes it.  ``∂L/∂λ_i = <∂L/∂W_eff, W_aux_i>``
+    is a dot product.  The matmuls run in ``compute_dtype`` (the autocast dtype under autocast); weight gradients
+    come back in the parameters' own dtypes, as with autocast.
     """
 
     @staticmethod
@@ -67,43 +89,55 @@ class _PathwayLinearFunction(torch.autograd.Function):
                 compute_dtype: torch.dtype, *aux_weights: Tensor) -> Tensor:
         input_dtype = x.dtype
         with torch.autocast(x.device.type, enabled=False):
-            x = x.to(compute_dtype)
-            summed = _summed_weight(weight, lambdas, aux_weights).to(compute_dtype)
-            out = F.linear(x, summed, bias.to(compute_dtype) if bias is not None else None)
-        ctx.save_for_backward(x, weight, lambdas, *aux_weights)
+            if x.dtype != compute_dtype:
+                x = x.to(compute_dtype)
+            summed = _summed_weight_as(weight, lambdas, aux_weights, compute_dtype)
+            ctx.bias_dtype = bias.dtype if bias is not None else None
+            if bias is not None and bias.dtype != compute_dtype:
+                bias = bias.to(compute_dtype)
+            out = F.linear(x, summed, bias)
+        keep_summed = compute_dtype.itemsize < weight.dtype.itemsize
+        ctx.save_for_backward(x, weight, lambdas, summed if keep_summed else None, *aux_weights)
         ctx.input_dtype = input_dtype
         ctx.compute_dtype = compute_dtype
-        ctx.has_bias = bias is not None
-        ctx.bias_dtype = bias.dtype if bias is not None else None
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
-        x, weight, lambdas, *aux_weights = ctx.saved_tensors
+        x, weight, lambdas, summed, *aux_weights = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_x = grad_weight = grad_bias = grad_lambdas = None
         grad_aux: list[Optional[Tensor]] = [None] * len(aux_weights)
         with torch.autocast(grad_out.device.type, enabled=False):
-            grad_out = grad_out.to(ctx.compute_dtype)
+            if grad_out.dtype != ctx.compute_dtype:
+                grad_out = grad_out.to(ctx.compute_dtype)
             if needs[0]:
-                summed = _summed_weight(weight, lambdas, aux_weights).to(ctx.compute_dtype)
-                grad_x = grad_out.matmul(summed).to(ctx.input_dtype)
+                if summed is None:
+                    summed = _summed_weight_as(weight, lambdas, aux_weights, ctx.compute_dtype)
+                grad_x = grad_out.matmul(summed)
+                if grad_x.dtype != ctx.input_dtype:
+                    grad_x = grad_x.to(ctx.input_dtype)
                 del summed
             grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
-            if ctx.has_bias and needs[2]:
+            if needs[2]:
                 grad_bias = grad_2d.sum(0).to(ctx.bias_dtype)
             if needs[1] or needs[3] or any(needs[5:]):
-                grad_summed = grad_2d.t().mm(x.reshape(-1, x.shape[-1])).to(weight.dtype)
+                grad_summed = grad_2d.t().mm(x.reshape(-1, x.shape[-1]))
+                if grad_summed.dtype != weight.dtype:
+                    grad_summed = grad_summed.to(weight.dtype)
                 if needs[1]:
                     grad_weight = grad_summed
                 if needs[3]:
-                    flat = grad_summed.float().reshape(-1)
-                    grad_lambdas = torch.stack([torch.dot(flat, aux.float().reshape(-1)) for aux in aux_weights])
-                    grad_lambdas = grad_lambdas.to(lambdas.dtype)
+                    flat = grad_summed.reshape(-1)
+                    if flat.dtype != torch.float32:
+                        flat = flat.float()
+                    grad_lambdas = torch.stack([torch.dot(flat, aux.reshape(-1).float()) for aux in aux_weights])
+                    if grad_lambdas.dtype != lambdas.dtype:
+                        grad_lambdas = grad_lambdas.to(lambdas.dtype)
                 for i, aux in enumerate(aux_weights):
                     if needs[5 + i]:
-                        grad_aux[i] = (lambdas[i].to(weight.dtype) * grad_summed).to(aux.dtype)
+                        grad_aux[i] = (grad_summed * lambdas[i].to(weight.dtype)).to(aux.dtype)
         return (grad_x, grad_weight, grad_bias, grad_lambdas, None, *grad_aux)
 
 
@@ -171,6 +205,10 @@ class PathwayLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.is_merged:
             return F.linear(x, self.weight, self.bias)
+        if torch.compiler.is_compiling():
+            # Under torch.compile the plain expression is the cheaper one: the compiler fuses the sum and the
+            # cast into one pass and its partitioner recomputes the sum for backward instead of saving it.
+            return F.linear(x, self.effective_weight(), self.bias)
         if torch.is_autocast_enabled(x.device.type):
             compute_dtype = torch.get_autocast_dtype(x.device.type)
         else:
