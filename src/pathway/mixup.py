@@ -7,6 +7,7 @@ and targets may be class indices or (soft) multi-hot vectors.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,26 +23,26 @@ def soft_targets(target: Tensor, num_classes: int, smoothing: float = 0.0) -> Te
     return out.scatter_(1, target.long().view(-1, 1), 1.0 - smoothing + off)
 
 
+@dataclass(frozen=True)
 class BatchMixup:
-    """Mixes a batch with its reverse, choosing mixup or cutmix per batch (the MAE fine-tuning convention)."""
+    """Mixes a batch with its reverse, choosing mixup or cutmix per batch (the MAE fine-tuning convention).
 
-    def __init__(
-        self,
-        num_classes: int,
-        mixup_alpha: float = 0.8,
-        cutmix_alpha: float = 1.0,
-        prob: float = 1.0,
-        switch_prob: float = 0.5,
-        label_smoothing: float = 0.1,
-    ) -> None:
-        if mixup_alpha <= 0 and cutmix_alpha <= 0:
+    Args:
+        mixup_alpha / cutmix_alpha: Beta(α, α) of the mixing weight; 0 turns that kind off.
+        prob: chance that a batch is mixed at all; switch_prob: chance of cutmix when both are on.
+        label_smoothing: applied to class-index targets before they are mixed.
+    """
+
+    num_classes: int
+    mixup_alpha: float = 0.8
+    cutmix_alpha: float = 1.0
+    prob: float = 1.0
+    switch_prob: float = 0.5
+    label_smoothing: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.mixup_alpha <= 0 and self.cutmix_alpha <= 0:
             raise ValueError("BatchMixup needs mixup_alpha > 0 or cutmix_alpha > 0")
-        self.num_classes = num_classes
-        self.mixup_alpha = mixup_alpha
-        self.cutmix_alpha = cutmix_alpha
-        self.prob = prob
-        self.switch_prob = switch_prob
-        self.label_smoothing = label_smoothing
 
     def _cut_box(self, lam: float, height: int, width: int) -> tuple[int, int, int, int, float]:
         ratio = math.sqrt(1.0 - lam)
