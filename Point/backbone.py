@@ -21,7 +21,11 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from pathway.size import TransformerSize
 from Point.ops import farthest_point_sample, gather_points, knn
+
+# Point-MAE's blocks: no qkv bias, stochastic depth 0.1 (ViT-B width; M2PT's widened model has 6 heads).
+POINT_MAE_SIZE = TransformerSize(qkv_bias=False, drop_path_rate=0.1)
 
 
 class MiniPointNet(nn.Module):
@@ -71,22 +75,15 @@ class PointTransformer(nn.Module):
         num_classes: int = 40,
         num_groups: int = 64,
         group_size: int = 32,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = False,
-        drop_path_rate: float = 0.1,
+        size: TransformerSize = POINT_MAE_SIZE,
         head_dropout: float = 0.5,
         head_hidden: int = 256,
         cls_token: bool = True,
     ) -> None:
         super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
         self.num_groups = num_groups
         self.group_size = group_size
-        self.embed_dim = embed_dim
+        self.embed_dim = embed_dim = size.embed_dim
         self.num_classes = num_classes
         self.num_prefix_tokens = 1 if cls_token else 0
         self.encoder = MiniPointNet(embed_dim)
@@ -95,9 +92,9 @@ class PointTransformer(nn.Module):
             self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
             self.cls_pos = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
             nn.init.trunc_normal_(self.cls_token, std=0.02)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_path=rate) for rate in rates
+            Block(embed_dim, size.num_heads, mlp_ratio=size.mlp_ratio, qkv_bias=size.qkv_bias, drop_path=rate)
+            for rate in size.drop_path_rates()
         )
         self.norm = nn.LayerNorm(embed_dim)
         self.head = self.build_head(num_classes, head_hidden, head_dropout) if num_classes > 0 else nn.Identity()

@@ -16,22 +16,22 @@ from torch import Tensor, nn
 
 from pathway.classifier import PathwayClassifier
 from pathway.module import PathwayModule
+from pathway.size import TransformerSize
 from Point.backbone import PointPartSegmenter, PointTransformer, checkpoint_filter_fn
 from Point.metrics import PartIoU, restrict_to_category
 from Point.parts import SHAPENETPART_CATEGORIES
 
 
-class PointClassifier(PathwayClassifier):
-    """Point-MAE-style transformer (ViT-B width by default) classifying clouds (B, N, 3).
+class PointModule(PathwayModule):
+    """The Point-MAE-style backbone's hyper-parameters, shared by the point classifier and segmenter.
 
     Args:
         num_groups / group_size: FPS centres and kNN group size (64/32 for ModelNet40, 128/32 ScanObjectNN).
         embed_dim / depth / num_heads / mlp_ratio: transformer size (768/12/6/4: ViT-B width and depth with the 6
             heads of M2PT's widened Point-MAE, whose weights 12 heads would load without error and misread).
         qkv_bias: Point-MAE has none; the pathway works either way.
-        drop_path_rate: stochastic depth; head_dropout: dropout in the MLP head.
-    Remaining arguments go to ``PathwayClassifier``/``PathwayModule`` (point defaults: no label smoothing,
-    no layer decay, 10 warmup epochs, mean class accuracy reported).
+        drop_path_rate: stochastic depth; head_dropout: dropout in the head.
+    Remaining arguments go to ``PathwayModule`` (point defaults: no layer decay, 10 warmup epochs).
     """
 
     def __init__(
@@ -45,33 +45,40 @@ class PointClassifier(PathwayClassifier):
         qkv_bias: bool = False,
         drop_path_rate: float = 0.1,
         head_dropout: float = 0.5,
-        label_smoothing: float = 0.0,
-        macro_acc: bool = True,
         layer_decay: float = 1.0,
         warmup_epochs: float = 10.0,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            label_smoothing=label_smoothing, macro_acc=macro_acc, layer_decay=layer_decay,
-            warmup_epochs=warmup_epochs, **kwargs,
-        )
+        super().__init__(layer_decay=layer_decay, warmup_epochs=warmup_epochs, **kwargs)
+
+    def backbone_arguments(self) -> dict[str, Any]:
+        """``PointTransformer`` keywords from the flat hyper-parameters (every point backbone takes them)."""
+        hp = self.hparams
+        return dict(num_groups=hp.num_groups, group_size=hp.group_size, size=TransformerSize.from_hparams(hp),
+                    head_dropout=hp.head_dropout)
+
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
+
+
+class PointClassifier(PointModule, PathwayClassifier):
+    """Point-MAE-style transformer (ViT-B width by default) classifying clouds (B, N, 3).
+
+    Backbone arguments as in ``PointModule``; the rest go to ``PathwayClassifier``/``PathwayModule`` (point
+    defaults: no label smoothing, mean class accuracy reported).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, macro_acc: bool = True, **kwargs: Any) -> None:
+        super().__init__(label_smoothing=label_smoothing, macro_acc=macro_acc, **kwargs)
 
     def build_backbone(self) -> nn.Module:
-        hp = self.hparams
-        return PointTransformer(
-            num_classes=hp.num_classes, num_groups=hp.num_groups, group_size=hp.group_size, embed_dim=hp.embed_dim,
-            depth=hp.depth, num_heads=hp.num_heads, mlp_ratio=hp.mlp_ratio, qkv_bias=hp.qkv_bias,
-            drop_path_rate=hp.drop_path_rate, head_dropout=hp.head_dropout,
-        )
+        return PointTransformer(num_classes=self.hparams.num_classes, **self.backbone_arguments())
 
     def example_input_shape(self) -> tuple[int, ...]:
         """A 1,024-point cloud (ModelNet40/ScanObjectNN size); the model itself takes any N ≥ group_size."""
         return (1024, 3)
 
-    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
-
-class PointSegmenter(PathwayModule):
+class PointSegmenter(PointModule):
     """ShapeNetPart part segmentation; ``num_classes`` is the number of parts (50, linked from the data).
 
     Batches are ``(points (B, N, 3), category (B,), parts (B, N))``.  Logged: ``<stage>/loss``,
@@ -81,31 +88,21 @@ class PointSegmenter(PathwayModule):
         feature_levels: blocks whose normed outputs feed the head (Point-MAE: 3, 7, 11 of 12).
         propagation_dims / head_dims: widths of the per-point MLPs after propagation and of the classifier.
         part_counts: parts per category in label order; the ShapeNetPart table by default.
-    Other backbone arguments as in ``PointClassifier`` (128 groups of 32 points by default).
+    Backbone arguments as in ``PointModule`` (128 groups of 32 points by default).
     """
 
     def __init__(
         self,
         num_groups: int = 128,
-        group_size: int = 32,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 6,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = False,
-        drop_path_rate: float = 0.1,
-        head_dropout: float = 0.5,
         feature_levels: Sequence[int] = (3, 7, 11),
         propagation_dims: Sequence[int] = (3072, 1024),
         head_dims: Sequence[int] = (512, 256),
         part_counts: Optional[Sequence[int]] = None,
         label_smoothing: float = 0.0,
-        layer_decay: float = 1.0,
-        warmup_epochs: float = 10.0,
         num_classes: int = 50,
         **kwargs: Any,
     ) -> None:
-        super().__init__(num_classes=num_classes, layer_decay=layer_decay, warmup_epochs=warmup_epochs, **kwargs)
+        super().__init__(num_groups=num_groups, num_classes=num_classes, **kwargs)
         counts = list(part_counts) if part_counts is not None else [c for _, c in SHAPENETPART_CATEGORIES.values()]
         if sum(counts) != num_classes:
             raise ValueError(f"part_counts {counts} sum to {sum(counts)}, but num_classes (parts) is {num_classes}")
@@ -117,12 +114,8 @@ class PointSegmenter(PathwayModule):
         counts = hp.part_counts if hp.part_counts is not None else [c for _, c in SHAPENETPART_CATEGORIES.values()]
         return PointPartSegmenter(
             num_parts=hp.num_classes, num_categories=len(counts), feature_levels=hp.feature_levels,
-            propagation_dims=hp.propagation_dims, head_dims=hp.head_dims, head_dropout=hp.head_dropout,
-            num_groups=hp.num_groups, group_size=hp.group_size, embed_dim=hp.embed_dim, depth=hp.depth,
-            num_heads=hp.num_heads, mlp_ratio=hp.mlp_ratio, qkv_bias=hp.qkv_bias, drop_path_rate=hp.drop_path_rate,
+            propagation_dims=hp.propagation_dims, head_dims=hp.head_dims, **self.backbone_arguments(),
         )
-
-    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     def is_head_key(self, key: str) -> bool:
         return key.startswith(("seg_head.", "category_embed.", "propagation."))

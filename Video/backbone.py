@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
+from pathway.size import TransformerSize
+
 
 def sincos_position_table(num_tokens: int, dim: int) -> Tensor:
     """``(1, num_tokens, dim)`` table: sin on even, cos on odd channels, frequency ``10000^(-2⌊j/2⌋/dim)``.
@@ -98,7 +100,7 @@ class Block(nn.Module):
 class VideoViT(nn.Module):
     """ViT over space-time tubelets with a mean-pooled classification head (VideoMAE fine-tuning architecture).
 
-    Defaults are ViT-B/16 on 16×224² clips with 2×16×16 tubelets (1568 tokens, no cls token).
+    Defaults are ViT-B/16 on 16×224² RGB clips with 2×16×16 tubelets (1568 tokens, no cls token).
     """
 
     def __init__(
@@ -108,30 +110,24 @@ class VideoViT(nn.Module):
         patch_size: int = 16,
         num_frames: int = 16,
         tubelet_size: int = 2,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
+        size: TransformerSize = TransformerSize(),
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
         head_drop_rate: float = 0.0,
         head_init_scale: float = 0.001,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.embed_dim = embed_dim
+        self.embed_dim = embed_dim = size.embed_dim
         self.num_prefix_tokens = 0
-        self.patch_embed = TubeletEmbed(img_size, patch_size, num_frames, tubelet_size, in_chans, embed_dim)
+        self.patch_embed = TubeletEmbed(img_size, patch_size, num_frames, tubelet_size, embed_dim=embed_dim)
         # Fixed, so not a parameter and not in the state dict: it is recomputed for any clip/grid size.
         self.register_buffer("pos_embed", sincos_position_table(self.patch_embed.num_patches, embed_dim),
                              persistent=False)
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[i]) for i in range(depth)
+            Block(embed_dim, size.num_heads, size.mlp_ratio, size.qkv_bias, drop_rate, attn_drop_rate, rate)
+            for rate in size.drop_path_rates()
         )
         self.fc_norm = nn.LayerNorm(embed_dim, eps=1e-6)
         self.head_drop = nn.Dropout(head_drop_rate)

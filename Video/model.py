@@ -11,6 +11,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from pathway.classifier import PathwayClassifier
+from pathway.size import TransformerSize
 from Video.backbone import VideoViT, checkpoint_filter_fn
 
 __all__ = ["VideoClassifier", "VideoViT"]
@@ -49,9 +50,8 @@ class VideoClassifier(PathwayClassifier):
         hp = self.hparams
         return VideoViT(
             num_classes=hp.num_classes, img_size=hp.img_size, patch_size=hp.patch_size, num_frames=hp.num_frames,
-            tubelet_size=hp.tubelet_size, embed_dim=hp.embed_dim, depth=hp.depth, num_heads=hp.num_heads,
-            mlp_ratio=hp.mlp_ratio, drop_rate=hp.drop_rate, attn_drop_rate=hp.attn_drop_rate,
-            drop_path_rate=hp.drop_path_rate, head_drop_rate=hp.head_drop_rate,
+            tubelet_size=hp.tubelet_size, size=TransformerSize.from_hparams(hp), drop_rate=hp.drop_rate,
+            attn_drop_rate=hp.attn_drop_rate, head_drop_rate=hp.head_drop_rate,
         )
 
     def example_input_shape(self) -> tuple[int, ...]:

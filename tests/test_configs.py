@@ -2,13 +2,13 @@
 none can rot; overlays set only the pathway; each header's effective-batch arithmetic matches the config."""
 from __future__ import annotations
 
-import inspect
 import re
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from jsonargparse import ArgumentParser
 
 from Audio.datamodule import AudioDataModule
 from Audio.model import AudioClassifier
@@ -106,5 +106,7 @@ def test_point_recipes_use_the_reference_heads(recipe: Path) -> None:
 
 @pytest.mark.parametrize("module", [PointClassifier, PointSegmenter])
 def test_point_modules_default_to_the_reference_heads(module: type) -> None:
-    defaults = {k: p.default for k, p in inspect.signature(module.__init__).parameters.items()}
-    assert (defaults["embed_dim"], defaults["num_heads"]) == (768, 6)
+    parser = ArgumentParser()
+    parser.add_class_arguments(module, "model")  # the defaults LightningCLI resolves (through the base classes)
+    defaults = parser.get_defaults().model
+    assert (defaults.embed_dim, defaults.num_heads) == (768, 6)

@@ -2,6 +2,7 @@
 Point-MAE checkpoints load, fusing gives a plain model, and the part IoU is right on a hand-checked case."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,11 +12,13 @@ from torch import nn
 
 from pathway.merge import fuse_pathway
 from pathway.surgery import pathway_layers, set_lambdas
-from Point.backbone import PointPartSegmenter, PointTransformer
+from Point.backbone import POINT_MAE_SIZE, PointPartSegmenter, PointTransformer
 from Point.metrics import PartIoU, shape_ious
 from Point.model import PointClassifier, PointSegmenter
 
 TINY = dict(num_groups=8, group_size=8, embed_dim=32, depth=2, num_heads=2)
+TINY_SIZE = replace(POINT_MAE_SIZE, embed_dim=32, depth=2, num_heads=2)
+TINY_BACKBONE = dict(num_groups=8, group_size=8, size=TINY_SIZE)  # the backbone TINY builds in a module
 SEG = dict(feature_levels=(0, 1), propagation_dims=(32, 16), head_dims=(16, 16))
 LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
@@ -29,17 +32,18 @@ def point_aux(tmp_path: Path) -> Path:
     """A tiny point transformer with other weights, saved as a plain state dict."""
     torch.manual_seed(321)
     path = tmp_path / "point_aux.pt"
-    torch.save(PointTransformer(num_classes=3, **TINY).state_dict(), path)
+    torch.save(PointTransformer(num_classes=3, **TINY_BACKBONE).state_dict(), path)
     return path
 
 
 def test_blocks_use_linear_layers_and_biasless_qkv() -> None:
-    model = PointTransformer(num_classes=4, **TINY)
+    model = PointTransformer(num_classes=4, **TINY_BACKBONE)
     for block in model.blocks:
         for name in LAYERS:
             assert isinstance(block.get_submodule(name), nn.Linear)
         assert block.attn.qkv.bias is None
-    assert PointTransformer(num_classes=4, qkv_bias=True, **TINY).blocks[0].attn.qkv.bias is not None
+    with_bias = PointTransformer(num_classes=4, num_groups=8, group_size=8, size=replace(TINY_SIZE, qkv_bias=True))
+    assert with_bias.blocks[0].attn.qkv.bias is not None
     assert model(_points()).shape == (3, 4)
 
 
@@ -82,7 +86,7 @@ def test_fused_model_is_a_plain_backbone(point_aux: Path) -> None:
     set_lambdas(model.backbone, 0.3)
     x = _points()
     fused = fuse_pathway(model.backbone)
-    plain = PointTransformer(num_classes=5, **TINY).eval()
+    plain = PointTransformer(num_classes=5, **TINY_BACKBONE).eval()
     plain.load_state_dict(fused.state_dict(), strict=True)
     with torch.no_grad():
         torch.testing.assert_close(plain(x), model(x), atol=1e-5, rtol=1e-5)
@@ -99,7 +103,7 @@ def _to_point_mae(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def test_point_mae_finetune_checkpoint_loads(tmp_path: Path) -> None:
     torch.manual_seed(7)
-    source = PointTransformer(num_classes=5, **TINY).eval()
+    source = PointTransformer(num_classes=5, **TINY_BACKBONE).eval()
     path = tmp_path / "pointmae_ft.pth"
     torch.save({"base_model": _to_point_mae(source.state_dict()), "epoch": 3}, path)
     model = PointClassifier(num_classes=5, target_ckpt=str(path), **TINY).eval()
@@ -110,7 +114,7 @@ def test_point_mae_finetune_checkpoint_loads(tmp_path: Path) -> None:
 
 def test_point_mae_pretrain_checkpoint_loads_encoder(tmp_path: Path) -> None:
     torch.manual_seed(8)
-    source = PointTransformer(num_classes=0, cls_token=False, **TINY)
+    source = PointTransformer(num_classes=0, cls_token=False, **TINY_BACKBONE)
     state = {"MAE_encoder." + k.replace("blocks.", "blocks.blocks.", 1): v for k, v in source.state_dict().items()}
     state["MAE_decoder.blocks.blocks.0.attn.qkv.weight"] = torch.zeros(96, 32)
     state["mask_token"] = torch.zeros(1, 1, 32)
@@ -126,7 +130,7 @@ def test_point_mae_pretrain_checkpoint_loads_encoder(tmp_path: Path) -> None:
 
 
 def test_group_matcher_assigns_block_layer_ids() -> None:
-    model = PointTransformer(num_classes=4, **TINY)
+    model = PointTransformer(num_classes=4, **TINY_BACKBONE)
     groups = param_groups_layer_decay(model, weight_decay=0.05, no_weight_decay_list=list(model.no_weight_decay()),
                                       layer_decay=0.5)
     scale_of = {}
@@ -137,7 +141,7 @@ def test_group_matcher_assigns_block_layer_ids() -> None:
     assert scale_of[id(model.blocks[0].attn.qkv.weight)] == pytest.approx(0.25)
     assert scale_of[id(model.blocks[1].attn.qkv.weight)] == pytest.approx(0.5)
     assert scale_of[id(model.head[0].weight)] == pytest.approx(1.0)
-    seg = PointPartSegmenter(**TINY, **SEG)
+    seg = PointPartSegmenter(**TINY_BACKBONE, **SEG)
     assert not hasattr(seg, "cls_token")
     assert seg(_points(2), torch.tensor([1, 2])).shape == (2, 64, 50)
 

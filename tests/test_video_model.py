@@ -11,6 +11,7 @@ from conftest import make_vit
 from pathway.checkpoint import CheckpointError
 from pathway.merge import plain_state_dict
 from pathway.optim import layer_decay_param_groups
+from pathway.size import TransformerSize
 from pathway.surgery import pathway_layers, set_lambdas
 from Video.backbone import Block, VideoViT, checkpoint_filter_fn
 from Video.model import VideoClassifier
@@ -18,6 +19,9 @@ from Video.model import VideoClassifier
 # 4 frames of 16x16 in 2x8x8 tubelets -> 8 tokens; width 32 and depth 2 like the tiny image ViT of conftest.
 TINY_VIDEO: dict[str, Any] = dict(img_size=16, patch_size=8, num_frames=4, tubelet_size=2, embed_dim=32, depth=2,
                                   num_heads=2, drop_path_rate=0.0)
+# the backbone a VideoClassifier with TINY_VIDEO builds
+TINY_VIDEO_BACKBONE: dict[str, Any] = dict(img_size=16, patch_size=8, num_frames=4, tubelet_size=2,
+                                           size=TransformerSize(embed_dim=32, depth=2, num_heads=2))
 LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
@@ -33,7 +37,7 @@ def tiny_classifier(seed: int = 0, **kwargs: Any) -> VideoClassifier:
 def videomae_pretrain_checkpoint(path: Path, seed: int = 11) -> VideoViT:
     """Save a VideoMAE pre-training style file (encoder./decoder. keys, final ``norm``, nested under 'model')."""
     torch.manual_seed(seed)
-    source = VideoViT(num_classes=0, **{k: v for k, v in TINY_VIDEO.items() if k != "drop_path_rate"})
+    source = VideoViT(num_classes=0, **TINY_VIDEO_BACKBONE)
     for name, param in source.named_parameters():
         if "bias" in name:  # non-zero biases, so loading them is visible
             param.data.normal_()
@@ -107,7 +111,7 @@ def test_videomae_pretraining_checkpoint_loads_as_target(tmp_path: Path) -> None
 
 def test_videomae_finetuned_checkpoint_with_another_head_loads(tmp_path: Path) -> None:
     torch.manual_seed(2)
-    source = VideoViT(num_classes=7, **{k: v for k, v in TINY_VIDEO.items() if k != "drop_path_rate"})
+    source = VideoViT(num_classes=7, **TINY_VIDEO_BACKBONE)
     torch.save({"module": source.state_dict()}, tmp_path / "ft.pth")
     model = tiny_classifier(seed=1, target_ckpt=str(tmp_path / "ft.pth"))
     torch.testing.assert_close(model.backbone.blocks[1].attn.qkv.weight, source.blocks[1].attn.qkv.weight)
@@ -149,7 +153,7 @@ def test_fused_model_is_a_plain_video_vit_with_the_same_outputs(aux_ckpt: Path) 
     x = clips()
     with torch.no_grad():
         expected = model(x)
-        plain = VideoViT(num_classes=5, **{k: v for k, v in TINY_VIDEO.items() if k != "drop_path_rate"}).eval()
+        plain = VideoViT(num_classes=5, **TINY_VIDEO_BACKBONE).eval()
         plain.load_state_dict(plain_state_dict(model.backbone), strict=True)
         torch.testing.assert_close(plain(x), expected, rtol=1e-5, atol=1e-5)
         assert not torch.allclose(plain(x), tiny_classifier()(x), rtol=1e-3, atol=0)  # logits are ~1e-3 (head init)
