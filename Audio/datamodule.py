@@ -12,7 +12,7 @@ from typing import Literal, Optional
 import torch
 from torch.utils.data import Sampler
 
-from Audio.dataset import AudioClipDataset
+from Audio.dataset import AudioClipDataset, FbankSettings
 from Audio.labels import (
     AudioRecord, class_balanced_weights, read_audioset_classes, read_audioset_json, read_esc50, read_folder_split,
     read_sample_weights,
@@ -132,9 +132,10 @@ class AudioDataModule(SplitDataModule):
         """The un-wrapped dataset of ``split``; training augmentation only for ``train`` unless ``augment`` says."""
         hp = self.hparams
         train = split == "train" if augment is None else augment
+        fbank = FbankSettings(sample_rate=hp.sample_rate, num_mel_bins=hp.num_mel_bins,
+                              target_length=hp.target_length, mean=hp.mean, std=hp.std)
         return AudioClipDataset(
-            self.split_records(split), self.num_classes, self.multilabel, sample_rate=hp.sample_rate,
-            num_mel_bins=hp.num_mel_bins, target_length=hp.target_length, mean=hp.mean, std=hp.std, train=train,
+            self.split_records(split), self.num_classes, self.multilabel, fbank=fbank, train=train,
             freqm=hp.freqm, timem=hp.timem, mixup=hp.wave_mixup, mixup_alpha=hp.wave_mixup_alpha, roll=hp.roll,
         )
 

@@ -13,6 +13,7 @@ An unusable file raises ``AudioFileError`` naming it; the DataModule wraps the d
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,6 +31,35 @@ def roll_magnitude(wave: Tensor) -> Tensor:
     return wave.roll(shift) * float(np.random.beta(10, 10) + 0.5)
 
 
+@dataclass(frozen=True)
+class FbankSettings:
+    """How a waveform becomes the model's input; defaults are AudioSet's (AudioMAE).
+
+    Args:
+        sample_rate: the waveform is resampled to this rate before the fbank is taken.
+        target_length: fbank frames per clip (zero-padded or cut).
+        mean / std: the dataset's fbank statistics the features are normalised with.
+    """
+
+    sample_rate: int = 16000
+    num_mel_bins: int = 128
+    target_length: int = 1024
+    mean: float = -4.2677393
+    std: float = 4.5689974
+
+    def __post_init__(self) -> None:
+        if self.std <= 0:
+            raise ValueError(f"fbank std must be > 0, got {self.std}")
+
+    def raw(self, wave: Tensor) -> Tensor:
+        """Un-normalised, un-padded fbank (what dataset statistics are computed over)."""
+        return waveform_to_fbank(wave, self.sample_rate, self.num_mel_bins)
+
+    def __call__(self, wave: Tensor) -> Tensor:
+        """``[target_length, num_mel_bins]`` normalised fbank."""
+        return normalize(pad_or_cut(self.raw(wave), self.target_length), self.mean, self.std)
+
+
 class AudioClipDataset(Dataset):
     """Fbank features ``[1, target_length, num_mel_bins]`` and targets for a list of ``AudioRecord``s."""
 
@@ -38,11 +68,7 @@ class AudioClipDataset(Dataset):
         records: Sequence[AudioRecord],
         num_classes: int,
         multilabel: bool,
-        sample_rate: int = 16000,
-        num_mel_bins: int = 128,
-        target_length: int = 1024,
-        mean: float = -4.2677393,
-        std: float = 4.5689974,
+        fbank: FbankSettings = FbankSettings(),
         train: bool = False,
         freqm: int = 0,
         timem: int = 0,
@@ -54,8 +80,6 @@ class AudioClipDataset(Dataset):
             raise ValueError("AudioClipDataset needs at least one record")
         if not 0.0 <= mixup <= 1.0:
             raise ValueError(f"mixup is a probability in [0, 1], got {mixup}")
-        if std <= 0:
-            raise ValueError(f"fbank std must be > 0, got {std}")
         for record in records:
             bad = [label for label in record.labels if not 0 <= label < num_classes]
             if bad or not record.labels:
@@ -63,11 +87,7 @@ class AudioClipDataset(Dataset):
         self.records = list(records)
         self.num_classes = num_classes
         self.multilabel = multilabel
-        self.sample_rate = sample_rate
-        self.num_mel_bins = num_mel_bins
-        self.target_length = target_length
-        self.mean = mean
-        self.std = std
+        self.fbank = fbank
         self.train = train
         self.mixup = mixup if train else 0.0
         self.mixup_alpha = mixup_alpha
@@ -84,13 +104,12 @@ class AudioClipDataset(Dataset):
         return target
 
     def _wave(self, index: int) -> Tensor:
-        wave = read_audio(self.records[index].path, self.sample_rate)
+        wave = read_audio(self.records[index].path, self.fbank.sample_rate)
         return roll_magnitude(wave) if self.roll else wave
 
     def raw_fbank(self, index: int) -> Tensor:
         """Un-normalised, un-padded, un-augmented fbank of one record (for computing dataset statistics)."""
-        return waveform_to_fbank(read_audio(self.records[index].path, self.sample_rate), self.sample_rate,
-                                 self.num_mel_bins)
+        return self.fbank.raw(read_audio(self.records[index].path, self.fbank.sample_rate))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         wave = self._wave(index)
@@ -106,8 +125,7 @@ class AudioClipDataset(Dataset):
             lam = float(np.random.beta(self.mixup_alpha, self.mixup_alpha))
             wave = lam * wave + (1.0 - lam) * other
             target = lam * target + (1.0 - lam) * self._label_vector(self.records[other_index])
-        fbank = waveform_to_fbank(wave, self.sample_rate, self.num_mel_bins)
-        fbank = normalize(pad_or_cut(fbank, self.target_length), self.mean, self.std)
+        fbank = self.fbank(wave)
         if self.spec_augment is not None:
             fbank = self.spec_augment(fbank)
         return fbank.unsqueeze(0), target

@@ -12,7 +12,7 @@ import torch
 
 from Audio.audio_io import AudioFileError, read_audio
 from Audio.datamodule import AudioDataModule
-from Audio.dataset import AudioClipDataset
+from Audio.dataset import AudioClipDataset, FbankSettings
 from Audio.features import SpecAugment, frames_for, normalize, pad_or_cut, waveform_to_fbank
 from Audio.labels import AudioRecord, LabelError, read_audioset_classes, read_audioset_json, read_esc50
 from Audio.stats import dataset_fbank_stats, fbank_stats
@@ -76,12 +76,13 @@ def test_fbank_shape_and_padding() -> None:
 def test_normalisation_with_dataset_stats(tmp_path: Path) -> None:
     records = [AudioRecord(write_wav(tmp_path / f"{f}.wav", freq=f), (0,)) for f in (200, 900, 3000)]
     frames = frames_for(RATE // 2, RATE)
-    dataset = AudioClipDataset(records, 1, multilabel=False, target_length=frames)
+    dataset = AudioClipDataset(records, 1, multilabel=False, fbank=FbankSettings(target_length=frames))
     mean, std = fbank_stats(dataset)
     features = torch.cat([normalize(dataset.raw_fbank(i), mean, std) for i in range(3)])
     assert abs(features.mean().item()) < 1e-4
     assert features.std(unbiased=False).item() == pytest.approx(0.5, abs=1e-4)
-    normalised = AudioClipDataset(records, 1, multilabel=False, target_length=frames, mean=mean, std=std)
+    fbank = FbankSettings(target_length=frames, mean=mean, std=std)
+    normalised = AudioClipDataset(records, 1, multilabel=False, fbank=fbank)
     assert torch.allclose(normalised[1][0][0], normalize(dataset.raw_fbank(1), mean, std))
 
 
@@ -175,12 +176,13 @@ def test_folder_labels_and_unknown_val_class(tmp_path: Path) -> None:
 def test_wave_mixup_gives_soft_targets(tmp_path: Path) -> None:
     records = [AudioRecord(write_wav(tmp_path / f"{i}.wav", freq=300 * (i + 1)), (i,)) for i in range(3)]
     np.random.seed(0)
-    dataset = AudioClipDataset(records, 3, multilabel=False, target_length=64, train=True, mixup=1.0)
+    fbank = FbankSettings(target_length=64)
+    dataset = AudioClipDataset(records, 3, multilabel=False, fbank=fbank, train=True, mixup=1.0)
     targets = torch.stack([dataset[i][1] for i in range(3) for _ in range(4)])
     assert targets.dtype == torch.float32
     assert torch.allclose(targets.sum(dim=1), torch.ones(12))
     assert (targets.max(dim=1).values < 1.0).any()
-    plain = AudioClipDataset(records, 3, multilabel=False, target_length=64, train=False, mixup=1.0)
+    plain = AudioClipDataset(records, 3, multilabel=False, fbank=fbank, train=False, mixup=1.0)
     assert plain[2][1].dtype == torch.long and plain[2][1].item() == 2
 
 
