@@ -13,12 +13,13 @@ errors naming the file and the label, raised before training starts rather than 
 from __future__ import annotations
 
 import csv
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
+
+from pathway.data import read_json
 
 AUDIO_SUFFIXES: frozenset[str] = frozenset({".wav", ".flac", ".ogg"})
 
@@ -78,12 +79,7 @@ def read_audioset_json(
 ) -> list[AudioRecord]:
     """An AudioSet-style JSON -> records; relative ``wav`` paths are taken relative to the JSON's folder."""
     path = Path(json_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: dataset JSON not found")
-    try:
-        content = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise LabelError(f"{path}: not valid JSON ({err})") from err
+    content = read_json(path, "dataset JSON", LabelError)
     entries = content.get("data") if isinstance(content, dict) else None
     if not isinstance(entries, list):
         raise LabelError(f'{path}: expected {{"data": [{{"wav": ..., "labels": "mid1,mid2"}}, ...]}}')

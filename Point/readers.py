@@ -5,14 +5,13 @@ entry inside it) when the content is unusable, so a bad file in a 12k-file datas
 """
 from __future__ import annotations
 
-import json
 import pickle
 from pathlib import Path
 from typing import Union
 
 import numpy as np
 
-from pathway.data import BadSampleError
+from pathway.data import BadSampleError, read_json
 
 PathLike = Union[str, Path]
 
@@ -194,13 +193,7 @@ def read_lines(path: PathLike) -> list[str]:
 
 def read_json_list(path: PathLike) -> list[str]:
     """A JSON list of strings (ShapeNetPart split files)."""
-    path = Path(path)
-    if not path.is_file():
-        raise PointDataError(f"{path}: split file not found")
-    try:
-        entries = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise PointDataError(f"{path}: not valid JSON ({err})") from err
+    entries = read_json(path, "split file", PointDataError, missing=PointDataError)
     if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
         raise PointDataError(f"{path}: expected a JSON list of 'shape_data/<synset>/<id>' strings")
     return entries

@@ -14,6 +14,7 @@ epoch) and counted.  A skip never hides a broken data set:
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import multiprocessing
@@ -51,6 +52,19 @@ class BadSampleError(RuntimeError):
 
 class BadDataError(RuntimeError):
     """The data as a whole is unusable (too many unreadable files, a split smaller than one batch): stop the run."""
+
+
+def read_json(path: Union[str, os.PathLike], what: str, invalid: type[Exception],
+              missing: type[Exception] = FileNotFoundError) -> Any:
+    """The parsed JSON file ``path``; a missing file raises ``missing``, an unparsable one ``invalid``, both naming
+    the file (as a ``what``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise missing(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise invalid(f"{path}: not valid JSON ({err})") from err
 
 
 def class_folders(split_dir: Union[str, os.PathLike]) -> list[str]:
