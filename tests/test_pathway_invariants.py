@@ -41,6 +41,13 @@ def _pathway_vit(lambda_init: float = 0.0, aux_seeds=(123,), **overrides) -> nn.
     return reparameterize_aux_into_target_model(target, auxes if len(auxes) > 1 else auxes[0], lambda_init=lambda_init)
 
 
+def _nonzero_lambda_vit(merged: bool = False) -> nn.Module:
+    """``_pathway_vit`` with ``_randomize_lambdas``'s λ, merged in place if asked."""
+    model = _pathway_vit()
+    _randomize_lambdas(model)
+    return merge_pathway_(model) if merged else model
+
+
 def _roundtrip(state: dict) -> dict:
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -72,8 +79,7 @@ def test_lambda_zero_equals_target_exactly(tiny_input: torch.Tensor) -> None:
 # --- invariant 2 ----------------------------------------------------------------------------------------------
 def test_unmerged_merged_fused_agree_and_differ_from_target(tiny_input: torch.Tensor) -> None:
     target_out = make_vit(seed=0)(tiny_input).detach()
-    model = _pathway_vit()
-    _randomize_lambdas(model)
+    model = _nonzero_lambda_vit()
     with torch.no_grad():
         unmerged = model(tiny_input)
         assert (unmerged - target_out).abs().max() > 1e-3, "λ ≠ 0 must change the output"
@@ -95,8 +101,7 @@ def test_unmerged_merged_fused_agree_and_differ_from_target(tiny_input: torch.Te
 
 
 def test_fused_model_is_plain(tiny_input: torch.Tensor) -> None:
-    model = _pathway_vit()
-    _randomize_lambdas(model)
+    model = _nonzero_lambda_vit()
     for fused in (fuse_pathway(model), reparameterize_model(model)):
         assert not any(isinstance(m, PathwayLinear) for m in fused.modules())
         for name in (f"blocks.{i}.{layer}" for i in range(2) for layer in DEFAULT_LAYER_NAMES):
@@ -107,8 +112,7 @@ def test_fused_model_is_plain(tiny_input: torch.Tensor) -> None:
 
 
 def test_merge_is_idempotent_and_reversible(tiny_input: torch.Tensor) -> None:
-    model = _pathway_vit()
-    _randomize_lambdas(model)
+    model = _nonzero_lambda_vit()
     original = {k: v.clone() for k, v in model.state_dict().items()}
     with torch.no_grad():
         expected = model(tiny_input)
@@ -128,10 +132,7 @@ def test_merge_is_idempotent_and_reversible(tiny_input: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("merged", [False, True])
 def test_pathway_state_dict_round_trip(tiny_input: torch.Tensor, merged: bool) -> None:
-    model = _pathway_vit()
-    _randomize_lambdas(model)
-    if merged:
-        merge_pathway_(model)
+    model = _nonzero_lambda_vit(merged)
     with torch.no_grad():
         expected = model(tiny_input)
     state = _roundtrip(model.state_dict())
@@ -148,10 +149,7 @@ def test_pathway_state_dict_round_trip(tiny_input: torch.Tensor, merged: bool) -
 
 @pytest.mark.parametrize("merge_first", [False, True])
 def test_plain_and_fused_state_dicts_load_strict_into_plain_vit(tiny_input: torch.Tensor, merge_first: bool) -> None:
-    model = _pathway_vit()
-    _randomize_lambdas(model)
-    if merge_first:
-        merge_pathway_(model)
+    model = _nonzero_lambda_vit(merge_first)
     with torch.no_grad():
         expected = model(tiny_input)
     for state in (plain_state_dict(model), fuse_pathway(model).state_dict()):
@@ -179,8 +177,7 @@ def test_several_aux_models_each_get_a_lambda(tiny_input: torch.Tensor) -> None:
 
 
 def test_aux_that_is_a_pathway_model_contributes_its_effective_weight() -> None:
-    inner = _pathway_vit()
-    _randomize_lambdas(inner)
+    inner = _nonzero_lambda_vit()
     model = reparameterize_aux_into_target_model(make_vit(seed=9), inner)
     fused_inner = fuse_pathway(inner)
     for name, layer in pathway_layers(model):
