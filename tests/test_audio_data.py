@@ -140,6 +140,15 @@ def test_audioset_unknown_label_names_file_and_label(tmp_path: Path) -> None:
         read_audioset_json(data, mid_to_index)
 
 
+def test_audioset_json_missing_or_broken_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.json: dataset JSON not found"):
+        read_audioset_json(tmp_path / "nowhere.json", {})
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"data": [')
+    with pytest.raises(LabelError, match=r"broken\.json: not valid JSON"):
+        read_audioset_json(broken, {})
+
+
 def test_esc50_fold_split(tmp_path: Path) -> None:
     rows = [("1-a.wav", "1", "0", "dog"), ("2-b.wav", "2", "1", "rain"), ("3-c.wav", "3", "0", "dog"),
             ("2-d.wav", "2", "0", "dog")]

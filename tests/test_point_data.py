@@ -16,7 +16,7 @@ from pathway.data import BadSampleError
 from Point.datamodule import PointDataModule, ShapeNetPartDataModule
 from Point.datasets import PointClassificationDataset, normalize_unit_sphere, scale_and_shift
 from Point.parts import SHAPENETPART_CATEGORIES
-from Point.readers import PointDataError, read_point_file
+from Point.readers import PointDataError, read_json_list, read_point_file
 from Point.synthetic import make_shape_dataset, make_shapenetpart_dataset
 
 RNG = np.random.default_rng(0)
@@ -222,3 +222,12 @@ def test_shapenetpart_split_entry_with_unknown_synset(tmp_path: Path) -> None:
     dm = ShapeNetPartDataModule(root=str(tmp_path), num_points=32, num_workers=0)
     with pytest.raises(PointDataError, match="99999999"):
         dm.setup("validate")
+
+
+def test_split_file_missing_or_broken_names_the_file(tmp_path: Path) -> None:
+    with pytest.raises(PointDataError, match=r"nowhere\.json: split file not found"):
+        read_json_list(tmp_path / "nowhere.json")
+    broken = tmp_path / "broken.json"
+    broken.write_text("[")
+    with pytest.raises(PointDataError, match=r"broken\.json: not valid JSON"):
+        read_json_list(broken)
