@@ -85,14 +85,17 @@ class DumpTrainingState(L.Callback):
         self.path = path
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from pathway.atomic import atomic_write
         from pathway.surgery import lambda_table
 
-        torch.save({
+        state = {
             "global_step": trainer.global_step,
             "optimizer": trainer.optimizers[0].state_dict(),
             "scheduler": trainer.lr_scheduler_configs[0].scheduler.state_dict(),
             "lambdas": lambda_table(pl_module.backbone),
-        }, self.path)
+        }
+        # whole or absent: the test polls for the file and reads it while this process keeps training
+        atomic_write(self.path, lambda tmp: torch.save(state, tmp))
 
 
 def tiny_image_fit_config(tmp_path: Path, root: Path, aux: Path, trainer: dict[str, Any], model: dict[str, Any],
