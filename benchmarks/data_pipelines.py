@@ -7,7 +7,8 @@ Per modality, on generated data in the shape of the paper recipes:
     (width 64, depth 4) and ViT-B size, on batches of the loader's own tensors (fp32 on CPU, bf16-mixed on CUDA).
 Workers needed to keep a model fed ≈ model samples/s ÷ loader samples/s per worker.
 
-Image: random-texture JPEGs of 500x375 (ImageNet's typical size), RandAugment m9 + random erasing, 224².
+Image: random-texture JPEGs of 500x375 (``Image.synthetic``; ImageNet's typical size), RandAugment m9 + random
+erasing, 224².
 Audio: 10.24 s synthetic tones (``Audio.synthetic``), kaldi fbank 1024x128, SpecAugment, roll, wave mixup.
 Point: synthetic shapes (``Point.synthetic``) of 8192 points, FPS to 1024, scale/shift augmentation.
 Video: ``benchmarks/video_pipeline.py`` (the Video benchmark's own loader and step functions), 16x4 clips at 224².
@@ -31,7 +32,6 @@ import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -83,28 +83,13 @@ def step_rate(backbone: nn.Module, x: Tensor, y: Tensor, batch: int, steps: int,
     return steps * batch / (time.perf_counter() - start)
 
 
-def write_jpegs(root: Path, classes: int, per_class: int) -> Path:
-    """Smooth random colour textures with noise, 500x375 JPEG (q90): decode cost like ImageNet photos."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in range(classes):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(per_class):
-                coarse = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
-                image = Image.fromarray(coarse).resize((500, 375), Image.BICUBIC)
-                pixels = np.asarray(image, dtype=np.int16) + rng.integers(-20, 20, (375, 500, 3))
-                Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i:04d}.jpg", quality=90)
-    return root
-
-
 def image_case(work: Path, n: int, loader_batch: int) -> tuple[float, Tensor, Tensor, Callable[[dict], nn.Module]]:
     from Image.datamodule import ImageDataModule
     from Image.model import ImageClassifier
+    from Image.synthetic import make_image_dataset
 
-    root = write_jpegs(work / "jpegs", classes=4, per_class=max(2, n // 4))
+    root = make_image_dataset(work / "jpegs", classes=4, per_class=max(2, n // 4), width=500, height=375,
+                              textured=True, suffix=".jpg")
     data = ImageDataModule(str(root), img_size=224, batch_size=loader_batch, num_workers=0, pin_memory=False)
     rate, x, y = loader_rate(data, max(1, n // loader_batch - 1))
 

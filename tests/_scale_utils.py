@@ -1,13 +1,11 @@
-"""Helpers shared by the tests/test_scale_*.py files: tiny image folders, tensor data, tiny Image checkpoints."""
+"""Helpers shared by the tests/test_scale_*.py files: tensor data, tiny Image checkpoints and fit configs."""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Optional
 
 import lightning as L
-import numpy as np
 import torch
-from PIL import Image as PILImage
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import TINY_MODEL_KWARGS, make_vit
@@ -18,18 +16,6 @@ TINY_IMAGE_MODEL: dict[str, Any] = dict(
 QUIET_TRAINER: dict[str, Any] = dict(
     accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0
 )
-
-
-def make_imagefolder(root: Path, classes: int = 3, per_class: int = 6, size: int = 16) -> Path:
-    """``root/{train,val}/<class>/<n>.png`` with random RGB images (seeded)."""
-    rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for c in range(classes):
-            folder = root / split / f"c{c}"
-            folder.mkdir(parents=True, exist_ok=True)
-            for n in range(per_class):
-                PILImage.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"{n}.png")
-    return root
 
 
 def save_aux(path: Path, seed: int = 123, **overrides: Any) -> Path:

@@ -75,9 +75,9 @@ def tiny_vit(path: Path, embed_dim: int, depth: int, num_heads: int) -> None:
 
 
 def image_data(root: Path) -> None:
-    from _scale_utils import make_imagefolder
+    from Image.synthetic import make_image_dataset
 
-    make_imagefolder(root, classes=3, per_class=8, size=16)
+    make_image_dataset(root, classes=3, per_class=8)
 
 
 def video_data(root: Path) -> None:

@@ -14,14 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from _scale_utils import make_imagefolder, save_aux, tiny_image_fit_config
+from _scale_utils import save_aux, tiny_image_fit_config
+from Image.synthetic import make_image_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 STOP_WITHIN_S = 60.0
 
 
 def write_config(tmp_path: Path) -> Path:
-    root = make_imagefolder(tmp_path / "data", classes=3, per_class=120)
+    root = make_image_dataset(tmp_path / "data", classes=3, per_class=120)
     return tiny_image_fit_config(
         tmp_path, root, save_aux(tmp_path / "aux.pt"),
         trainer=dict(accelerator="cpu", devices=2, strategy="ddp", max_epochs=50, log_every_n_steps=1,

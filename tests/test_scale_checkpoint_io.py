@@ -72,13 +72,12 @@ def test_resolve_last_takes_the_newest_of_last_and_hpc_checkpoints(tmp_path: Pat
 
 
 def _cli_trainer(tmp_path: Path, *extra: str):
-    from _scale_utils import make_imagefolder
-
     from Image.datamodule import ImageDataModule
     from Image.model import ImageClassifier
+    from Image.synthetic import make_image_dataset
     from pathway.cli import run_cli
 
-    root = make_imagefolder(tmp_path / "data", classes=2, per_class=1)
+    root = make_image_dataset(tmp_path / "data", classes=2, per_class=1)
     args = ["--data.root", str(root), "--data.img_size", "16", "--model.model_name", "vit_tiny_patch16_224",
             "--model.model_kwargs", "{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}",
             "--trainer.accelerator", "cpu", "--trainer.logger", "false",

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from _scale_utils import make_imagefolder, save_aux, tiny_image_fit_config
+from _scale_utils import save_aux, tiny_image_fit_config
+from Image.synthetic import make_image_dataset
 from pathway.resume import resolve_last_checkpoint
 
 TESTS = Path(__file__).resolve().parent
@@ -19,7 +20,7 @@ BATCHES_PER_EPOCH = 240  # 3 classes x 160 images / batch 2
 
 
 def write_config(tmp_path: Path) -> Path:
-    root = make_imagefolder(tmp_path / "data", classes=3, per_class=160)
+    root = make_image_dataset(tmp_path / "data", classes=3, per_class=160)
     return tiny_image_fit_config(
         tmp_path, root, save_aux(tmp_path / "aux.pt"),
         trainer=dict(accelerator="cpu", max_steps=100000, enable_progress_bar=False, num_sanity_val_steps=0,

@@ -87,17 +87,16 @@ def test_every_config_runs_through_the_entry_point_the_template_picks(tmp_path: 
 
 
 def test_lightning_reads_world_from_slurm(tmp_path: Path, monkeypatch) -> None:
-    from _scale_utils import make_imagefolder
-
     from Image.datamodule import ImageDataModule
     from Image.model import ImageClassifier
+    from Image.synthetic import make_image_dataset
     from pathway.cli import run_cli
 
     for name in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK", "GROUP_RANK", "TORCHELASTIC_RUN_ID"):
         monkeypatch.delenv(name, raising=False)
     for name, value in FAKE_SLURM.items():
         monkeypatch.setenv(name, value)
-    root = make_imagefolder(tmp_path / "data", classes=2, per_class=1)
+    root = make_image_dataset(tmp_path / "data", classes=2, per_class=1)
     config = tmp_path / "experiment.yaml"
     config.write_text(
         f"trainer:\n  default_root_dir: {tmp_path / 'run'}\n  logger: false\n"
