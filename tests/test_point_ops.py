@@ -50,6 +50,35 @@ def test_fps_ties_pick_the_first_index() -> None:
     assert ops.farthest_point_sample_torch(same, 3)[1][0].tolist() == [0, 0, 0]
 
 
+@pytest.mark.parametrize("dims", [2, 3, 4])
+def test_fps_on_a_grid_breaks_every_tie_like_brute_force(dims: int) -> None:
+    # integer coordinates: many exactly equal distances at every step, in float32 as in the float64 reference
+    points = torch.randint(-2, 3, (2, 60, dims), generator=torch.Generator().manual_seed(dims)).float()
+    _, idx = ops.farthest_point_sample_torch(points, 24)
+    for b in range(2):
+        assert idx[b].tolist() == _fps_brute_force(points[b], 24)
+
+
+def test_fps_outputs_are_ordinary_tensors_that_carry_gradients() -> None:
+    """The steps run in inference mode; what comes out must not be an inference tensor."""
+    points = _cloud(2, 32).requires_grad_()
+    sampled, idx = ops.farthest_point_sample_torch(points, 5)
+    assert not idx.is_inference() and not sampled.is_inference()
+    sampled.square().sum().backward()
+    expected = torch.zeros_like(points)
+    expected[torch.arange(2)[:, None], idx] = 2 * points.detach()[torch.arange(2)[:, None], idx]
+    assert torch.equal(points.grad, expected)
+    idx += 0  # callers may modify the indices in place
+
+
+def test_fps_traces_under_torch_compile() -> None:
+    points = _cloud(2, 32)
+    compiled = torch.compile(lambda p: ops.farthest_point_sample_torch(p, 6), backend="aot_eager", fullgraph=True)
+    sampled, idx = compiled(points)
+    assert torch.equal(idx, ops.farthest_point_sample_torch(points, 6)[1])
+    assert torch.equal(sampled, points[torch.arange(2)[:, None], idx])
+
+
 def test_fps_rejects_too_many_samples() -> None:
     with pytest.raises(ValueError, match="cannot sample 9 of 8"):
         ops.farthest_point_sample(torch.zeros(1, 8, 3), 9)
