@@ -24,9 +24,6 @@ from torch import Tensor, nn
 from pathway.size import TransformerSize
 from Point.ops import farthest_point_sample, gather_points, knn
 
-# Point-MAE's blocks: no qkv bias, stochastic depth 0.1 (ViT-B width; M2PT's widened model has 6 heads).
-POINT_MAE_SIZE = TransformerSize(qkv_bias=False, drop_path_rate=0.1)
-
 
 class MiniPointNet(nn.Module):
     """Embeds each group of ``K`` centred points (B, G, K, 3) into one vector (B, G, out_dim).
@@ -67,16 +64,17 @@ class PointTransformer(nn.Module):
 
     ``forward(points (B, N, 3)) -> logits (B, num_classes)``: ``[cls token, max over point tokens]`` of the
     final normed tokens into Linear-BN-ReLU-Dropout ×2 and a last Linear.  ``num_classes=0`` drops the head
-    (and the cls token when ``cls_token=False``) for use as a feature extractor.
+    (and the cls token when ``cls_token=False``) for use as a feature extractor.  What ``Point.model.PointModule``
+    decides (sizes, grouping, head dropout) has no default here, so the recipe's values live in one place.
     """
 
     def __init__(
         self,
-        num_classes: int = 40,
-        num_groups: int = 64,
-        group_size: int = 32,
-        size: TransformerSize = POINT_MAE_SIZE,
-        head_dropout: float = 0.5,
+        num_classes: int,
+        num_groups: int,
+        group_size: int,
+        size: TransformerSize,
+        head_dropout: float,
         head_hidden: int = 256,
         cls_token: bool = True,
     ) -> None:
@@ -182,20 +180,21 @@ class PointPartSegmenter(PointTransformer):
     The normed outputs of the blocks in ``feature_levels`` are concatenated per token, propagated from the
     centres to every point (``interpolate_features``) together with the point's xyz through a shared MLP, then
     joined with the cloud's max- and mean-pooled token features and an embedding of the object category, and
-    classified per point by a shared MLP.  No cls token (nothing would read it).
+    classified per point by a shared MLP.  No cls token (nothing would read it).  Arguments as
+    ``Point.model.PointSegmenter`` sets them (it holds the defaults).
     """
 
     def __init__(
         self,
-        num_parts: int = 50,
-        num_categories: int = 16,
-        feature_levels: Sequence[int] = (3, 7, 11),
-        propagation_dims: Sequence[int] = (3072, 1024),
-        head_dims: Sequence[int] = (512, 256),
-        head_dropout: float = 0.5,
+        num_parts: int,
+        num_categories: int,
+        feature_levels: Sequence[int],
+        propagation_dims: Sequence[int],
+        head_dims: Sequence[int],
+        head_dropout: float,
         **kwargs: Any,
     ) -> None:
-        super().__init__(num_classes=0, cls_token=False, **kwargs)
+        super().__init__(num_classes=0, head_dropout=head_dropout, cls_token=False, **kwargs)
         depth = len(self.blocks)
         if not feature_levels or any(not 0 <= i < depth for i in feature_levels):
             raise ValueError(f"feature_levels {list(feature_levels)} must be block indices in 0..{depth - 1}")

@@ -100,20 +100,21 @@ class Block(nn.Module):
 class VideoViT(nn.Module):
     """ViT over space-time tubelets with a mean-pooled classification head (VideoMAE fine-tuning architecture).
 
-    Defaults are ViT-B/16 on 16×224² RGB clips with 2×16×16 tubelets (1568 tokens, no cls token).
+    Clips are RGB and there is no cls token.  What ``Video.model.VideoClassifier`` decides (clip and tubelet size,
+    transformer size, dropout) has no default here, so the recipe's values live in one place.
     """
 
     def __init__(
         self,
-        num_classes: int = 400,
-        img_size: int = 224,
-        patch_size: int = 16,
-        num_frames: int = 16,
-        tubelet_size: int = 2,
-        size: TransformerSize = TransformerSize(),
-        drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        head_drop_rate: float = 0.0,
+        num_classes: int,
+        img_size: int,
+        patch_size: int,
+        num_frames: int,
+        tubelet_size: int,
+        size: TransformerSize,
+        drop_rate: float,
+        attn_drop_rate: float,
+        head_drop_rate: float,
         head_init_scale: float = 0.001,
     ) -> None:
         super().__init__()

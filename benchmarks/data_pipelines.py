@@ -24,7 +24,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
-import dataclasses
 import importlib
 import tempfile
 import time
@@ -119,8 +118,8 @@ def audio_case(work: Path, n: int, loader_batch: int) -> tuple[float, Tensor, Te
 
 
 def point_case(work: Path, n: int, loader_batch: int) -> tuple[float, Tensor, Tensor, Callable[[dict], nn.Module]]:
-    from Point.backbone import POINT_MAE_SIZE, PointTransformer
     from Point.datamodule import PointDataModule
+    from Point.model import PointClassifier
     from Point.synthetic import make_shape_dataset
 
     root = make_shape_dataset(work / "shapes", classes=8, per_class=max(1, n // 8), points=8192)
@@ -129,8 +128,7 @@ def point_case(work: Path, n: int, loader_batch: int) -> tuple[float, Tensor, Te
     rate, x, y = loader_rate(data, max(1, n // loader_batch - 1))
 
     def model(size: dict) -> nn.Module:
-        return PointTransformer(num_classes=data.num_classes, num_groups=64, group_size=32,
-                                size=dataclasses.replace(POINT_MAE_SIZE, **size))
+        return PointClassifier(num_classes=data.num_classes, **size).backbone
 
     return rate, x, y, model
 

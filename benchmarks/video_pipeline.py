@@ -18,10 +18,9 @@ from pathlib import Path
 
 import torch
 
-from pathway.size import TransformerSize
 from pathway.surgery import reparameterize_aux_into_target_model
-from Video.backbone import VideoViT
 from Video.dataset import VideoClipDataset, read_list_file
+from Video.model import VideoClassifier
 from Video.synthetic import make_video_dataset
 from Video.transforms import TrainClipTransform
 
@@ -48,9 +47,9 @@ def loader_clips_per_second(root: Path, mode: str, args: argparse.Namespace) -> 
 
 def train_step_clips_per_second(size: str, args: argparse.Namespace) -> float:
     torch.manual_seed(0)
-    common = dict(img_size=args.img_size, num_frames=args.num_frames, num_classes=400)
-    model = VideoViT(size=TransformerSize(drop_path_rate=0.1, **MODELS[size]), **common)
-    aux = VideoViT(size=TransformerSize(**MODELS[size]), **common).state_dict()
+    model = VideoClassifier(img_size=args.img_size, num_frames=args.num_frames, num_classes=400,
+                            **MODELS[size]).backbone
+    aux = {k: torch.randn_like(v) for k, v in model.state_dict().items()}
     reparameterize_aux_into_target_model(model, aux)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

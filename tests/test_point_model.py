@@ -11,14 +11,15 @@ from timm.optim import param_groups_layer_decay
 from torch import nn
 
 from pathway.merge import fuse_pathway
+from pathway.size import TransformerSize
 from pathway.surgery import pathway_layers, set_lambdas
-from Point.backbone import POINT_MAE_SIZE, PointPartSegmenter, PointTransformer
+from Point.backbone import PointPartSegmenter, PointTransformer
 from Point.metrics import PartIoU, shape_ious
 from Point.model import PointClassifier, PointSegmenter
 
 TINY = dict(num_groups=8, group_size=8, embed_dim=32, depth=2, num_heads=2)
-TINY_SIZE = replace(POINT_MAE_SIZE, embed_dim=32, depth=2, num_heads=2)
-TINY_BACKBONE = dict(num_groups=8, group_size=8, size=TINY_SIZE)  # the backbone TINY builds in a module
+TINY_SIZE = TransformerSize(embed_dim=32, depth=2, num_heads=2, qkv_bias=False, drop_path_rate=0.1)
+TINY_BACKBONE = dict(num_groups=8, group_size=8, size=TINY_SIZE, head_dropout=0.5)  # what TINY builds in a module
 SEG = dict(feature_levels=(0, 1), propagation_dims=(32, 16), head_dims=(16, 16))
 LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
@@ -42,7 +43,7 @@ def test_blocks_use_linear_layers_and_biasless_qkv() -> None:
         for name in LAYERS:
             assert isinstance(block.get_submodule(name), nn.Linear)
         assert block.attn.qkv.bias is None
-    with_bias = PointTransformer(num_classes=4, num_groups=8, group_size=8, size=replace(TINY_SIZE, qkv_bias=True))
+    with_bias = PointTransformer(num_classes=4, **dict(TINY_BACKBONE, size=replace(TINY_SIZE, qkv_bias=True)))
     assert with_bias.blocks[0].attn.qkv.bias is not None
     assert model(_points()).shape == (3, 4)
 
@@ -141,7 +142,7 @@ def test_group_matcher_assigns_block_layer_ids() -> None:
     assert scale_of[id(model.blocks[0].attn.qkv.weight)] == pytest.approx(0.25)
     assert scale_of[id(model.blocks[1].attn.qkv.weight)] == pytest.approx(0.5)
     assert scale_of[id(model.head[0].weight)] == pytest.approx(1.0)
-    seg = PointPartSegmenter(**TINY_BACKBONE, **SEG)
+    seg = PointPartSegmenter(num_parts=50, num_categories=16, **TINY_BACKBONE, **SEG)
     assert not hasattr(seg, "cls_token")
     assert seg(_points(2), torch.tensor([1, 2])).shape == (2, 64, 50)
 

@@ -21,7 +21,8 @@ TINY_VIDEO: dict[str, Any] = dict(img_size=16, patch_size=8, num_frames=4, tubel
                                   num_heads=2, drop_path_rate=0.0)
 # the backbone a VideoClassifier with TINY_VIDEO builds
 TINY_VIDEO_BACKBONE: dict[str, Any] = dict(img_size=16, patch_size=8, num_frames=4, tubelet_size=2,
-                                           size=TransformerSize(embed_dim=32, depth=2, num_heads=2))
+                                           size=TransformerSize(embed_dim=32, depth=2, num_heads=2), drop_rate=0.0,
+                                           attn_drop_rate=0.0, head_drop_rate=0.0)
 LAYERS = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")
 
 
