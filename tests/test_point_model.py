@@ -102,6 +102,11 @@ def _to_point_mae(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return renamed
 
 
+def test_width_not_divisible_by_heads_is_named() -> None:
+    with pytest.raises(ValueError, match="embed_dim 30 is not divisible by num_heads 4"):
+        PointClassifier(num_classes=3, **dict(TINY, embed_dim=30, num_heads=4))
+
+
 def test_point_mae_finetune_checkpoint_loads(tmp_path: Path) -> None:
     torch.manual_seed(7)
     source = PointTransformer(num_classes=5, **TINY_BACKBONE).eval()

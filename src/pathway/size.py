@@ -1,8 +1,7 @@
-"""The size of a ViT-style transformer stack, one value shared by the modality backbones that build their own.
+"""The size of a ViT-style transformer stack: one value for the backbones this project builds itself (Point, Video).
 
-The pathway pairs a target with an aux model block by block and layer by layer, so the backbones of every modality
-describe their blocks with the same six numbers; the LightningModules keep them as flat hyper-parameters (their
-CLI keys and checkpoint ``hyper_parameters``), and ``from_hparams`` gathers them back into one value.
+Their LightningModules keep the six numbers as flat hyper-parameters (CLI keys and checkpoint
+``hyper_parameters``), and ``from_hparams`` gathers them back into the one value the backbone takes.
 """
 from __future__ import annotations
 
