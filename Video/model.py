@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from pathway.classifier import PathwayClassifier
 from pathway.size import TransformerSize
