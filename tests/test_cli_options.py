@@ -130,3 +130,19 @@ def test_last_checkpoint_is_the_last_epoch_even_without_improvement(
     assert Path(callback.best_model_path).name == "best-0-1.ckpt"  # no improvement after epoch 0
     last = torch.load(callback.last_model_path, weights_only=False)
     assert (last["epoch"], last["global_step"]) == (2, 3)
+
+
+def test_compile_backend_compiles_the_backbone_and_keeps_checkpoint_keys(digits_root: Path, aux_ckpt: Path,
+                                                                         tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._dynamo.utils import counters
+
+    args = _args(digits_root, aux_ckpt, tmp_path) + ["--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"]
+    eager = _cli(args, monkeypatch).model
+    torch._dynamo.reset()
+    counters.clear()
+    cli = _cli(args + ["--model.compile_backend", "aot_eager"], monkeypatch)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert counters["stats"]["unique_graphs"] > 0, "the backbone never ran under torch.compile"
+    assert set(cli.model.state_dict()) == set(eager.state_dict())
+    assert float(cli.model.backbone.blocks[0].attn.qkv.lambdas.detach().abs().max()) > 0

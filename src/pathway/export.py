@@ -145,7 +145,8 @@ def export_checkpoint(
     if onnx_available and onnx is not False:
         writers["onnx"] = ("model.onnx", write_onnx)
 
-    module = PathwayModule.load_from_checkpoint(ckpt_path, map_location="cpu").eval()
+    # Eager: export traces the model itself, and a run trained under torch.compile must export where no compiler is.
+    module = PathwayModule.load_from_checkpoint(ckpt_path, map_location="cpu", compile_backend=None).eval()
     inputs = module.example_inputs(batch_size, torch.Generator().manual_seed(0))
     plain = fuse_pathway(module.backbone).eval()
     checks: dict[str, float] = {}

@@ -86,6 +86,9 @@ class PathwayModule(L.LightningModule):
             (Point-MAE).
         head_init_std: after loading ``target_ckpt``, re-initialise the classifier ``backbone.head`` with
             ``trunc_normal(std)`` and a zero bias (MAE fine-tuning: 2e-5); ``None`` keeps the model's own init.
+        compile_backend: run the backbone under ``torch.compile`` with this backend (``inductor`` on GPUs, where
+            eager pathway steps are bound by the host: benchmarks/README §5); ``nn.Module.compile`` keeps the
+            state-dict keys, so checkpoints are the same either way.  ``None``: eager.
     """
 
     def __init__(
@@ -109,12 +112,15 @@ class PathwayModule(L.LightningModule):
         lr_schedule_interval: Literal["step", "epoch"] = "step",
         head_init_std: Optional[float] = None,
         betas: tuple[float, float] = (0.9, 0.999),
+        compile_backend: Optional[str] = None,
     ) -> None:
         super().__init__()
         if lr_schedule_interval not in ("step", "epoch"):
             raise ValueError(f"lr_schedule_interval must be 'step' or 'epoch', got {lr_schedule_interval!r}")
         self.save_hyperparameters()
         self.backbone = self.build_backbone()
+        if compile_backend is not None:
+            self.backbone.compile(backend=compile_backend)  # traced at the first call, after the pathway exists
         self.aux_hashes: dict[str, str] = {}
         if _RESTORING.get():
             return  # the trained weights and the pathway come from the checkpoint (`on_load_checkpoint`)
