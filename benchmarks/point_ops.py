@@ -3,11 +3,15 @@
 Cases: FPS of 128 from 2,048 points, batch 8 (pure torch was slowest next to pytorch3d here); 32-NN of 512
 queries among 8,192 points, batch 32 (likewise for kNN); and the two uses in the Point pipeline: 1,024-point
 clouds -> 64 FPS centres + 32-NN (the tokenizer), 8,192-point clouds -> 1,024 FPS samples (data subsampling).
-Every result is checked against a brute-force per-cloud reference (same FPS start and tie-breaking, same
-neighbours).  pytorch3d runs in the same process when importable; otherwise its times from issue 14 (0.7.9 built
-from source, a 2-core CPU: another machine) are printed beside ours for orientation, not as a same-run ratio.
+Every result is checked against a brute-force per-cloud reference (same FPS start and tie-breaking; neighbours
+at the same distances, whose order among exact ties is unspecified).  pytorch3d runs in the same process when
+importable; otherwise its times from issue 14 (0.7.9 built from source, a 2-core CPU: another machine) are
+printed beside ours for orientation, not as a same-run ratio.  The FPS that Point.ops had before its per-step
+kernels were cut (``fps_before``) runs in the same rounds, so its speed-up is a same-run ratio.  On CPU the times
+are CPU time of the process (robust to other jobs on a shared machine; with one thread, that thread's time); on
+CUDA, wall-clock time between synchronisations.
 
-    .venv/bin/python benchmarks/point_ops.py [--device cuda] [--reps 5]
+    .venv/bin/python benchmarks/point_ops.py [--device cuda] [--reps 5] [--threads 1]
     .venv/bin/python benchmarks/point_ops.py --quick      # small clouds: a smoke run
 """
 from __future__ import annotations
@@ -61,23 +65,55 @@ def fps_reference(points: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack(out)
 
 
+def fps_before(points: torch.Tensor, num_samples: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Point.ops' FPS before its per-step kernels were cut (same arithmetic and indices, 8 kernels per step with a
+    float argmax), kept here to measure the speed-up in the same run."""
+    batch, num_points, _ = points.shape
+    pts = points.float().transpose(1, 2).contiguous()
+    diff = torch.empty_like(pts)
+    planes = diff.unbind(1)
+    dist = torch.empty(batch, num_points, device=points.device)
+    nearest = torch.full((batch, num_points), float("inf"), device=points.device)
+    current = torch.zeros(batch, dtype=torch.long, device=points.device)
+    chosen = [current]
+    for _ in range(num_samples - 1):
+        last = pts.gather(2, current.view(batch, 1, 1).expand(-1, pts.shape[1], 1))
+        torch.sub(pts, last, out=diff)
+        diff.mul_(diff)
+        dist.copy_(planes[0])
+        for plane in planes[1:]:
+            dist.add_(plane)
+        torch.minimum(nearest, dist, out=nearest)
+        current = nearest.argmax(dim=1)
+        chosen.append(current)
+    indices = torch.stack(chosen, 1)
+    return ops.gather_points(points, indices), indices
+
+
 def knn_reference(queries: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
     return torch.stack([((q[:, None] - p[None]) ** 2).sum(-1).argsort(dim=-1)[:, :k] for q, p in zip(queries, points)])
 
 
-def timed(fn: Callable[[], Any], reps: int, device: torch.device) -> tuple[float, Any]:
-    """Median seconds of ``reps`` calls after one warm-up call, and that call's result."""
-    result = fn()
-    times = []
+def timed(fns: list[Callable[[], Any]], reps: int, device: torch.device) -> list[tuple[float, Any]]:
+    """For each function: median seconds of ``reps`` calls, interleaved round by round after one warm-up call each,
+    and the warm-up call's result.  CPU time of the process on CPU, wall-clock time on CUDA."""
+    clock = time.perf_counter if device.type == "cuda" else time.process_time
+    results = [fn() for fn in fns]
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        for fn, spent in zip(fns, times):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = clock()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            spent.append(clock() - start)
+    return [(statistics.median(spent), result) for spent, result in zip(times, results)]
+
+
+def knn_indices(queries: torch.Tensor, points: torch.Tensor, k: int) -> torch.Tensor:
+    return ops.knn_torch(queries, points, k)[1]
 
 
 def pipeline(case: Case, points: torch.Tensor, fps: Callable, knn: Callable) -> tuple[torch.Tensor, ...]:
@@ -93,13 +129,32 @@ def pipeline(case: Case, points: torch.Tensor, fps: Callable, knn: Callable) -> 
     return tuple(out)
 
 
+def same_result(case: Case, points: torch.Tensor, ours: tuple[torch.Tensor, ...],
+                reference: tuple[torch.Tensor, ...]) -> bool:
+    """Equal FPS indices, and kNN neighbours at equal squared distances rank by rank: which of two points at exactly
+    the same distance comes first is unspecified (in pytorch3d too), and 8192-point clouds do have such ties."""
+    if case.fps and not torch.equal(ours[0], reference[0]):
+        return False
+    if not case.k:
+        return True
+    queries = ops.gather_points(points, reference[0]) if case.fps else points[:, :case.queries]
+
+    def distances(idx: torch.Tensor) -> torch.Tensor:
+        return ((queries[:, :, None] - ops.gather_points(points, idx)) ** 2).sum(-1)
+
+    return torch.equal(distances(ours[-1]), distances(reference[-1]))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="small clouds, 2 reps: a smoke run")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     try:
         from pytorch3d.ops import knn_points, sample_farthest_points
     except ImportError:
@@ -108,26 +163,35 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows = []
     for case in cases:
         points = torch.randn(case.batch, case.points, 3, generator=torch.Generator().manual_seed(0)).to(device)
-        ours_s, ours = timed(lambda: pipeline(case, points, ops.farthest_point_sample_torch,
-                                              lambda q, p, k: ops.knn_torch(q, p, k)[1]), reps, device)
+        variants = [lambda: pipeline(case, points, ops.farthest_point_sample_torch, knn_indices)]
+        if case.fps:
+            variants.append(lambda: pipeline(case, points, fps_before, knn_indices))
+        (ours_s, ours), *before = timed(variants, reps, device)
+        before_cells = ["—", "—"]
+        if before:
+            before_s, before_result = before[0]
+            if not torch.equal(before_result[0], ours[0]):
+                raise RuntimeError(f"{case.label}: fps_before and Point.ops chose different points")
+            before_cells = [f"{before_s * 1e3:.1f}", f"{before_s / ours_s:.2f}x"]
         reference = pipeline(case, points, lambda p, k: (ops.gather_points(p, idx := fps_reference(p, k)), idx),
                              knn_reference)
-        same = all(torch.equal(a, b) for a, b in zip(ours, reference))
+        same = same_result(case, points, ours, reference)
         if sample_farthest_points is not None:
-            p3d_s, p3d = timed(lambda: pipeline(case, points, lambda p, k: sample_farthest_points(p, K=k),
-                                                lambda q, p, k: knn_points(q, p, K=k).idx), reps, device)
-            p3d_cell = f"{p3d_s * 1e3:.1f} (same result: {all(torch.equal(a, b) for a, b in zip(ours, p3d))})"
+            [(p3d_s, p3d)] = timed([lambda: pipeline(case, points, lambda p, k: sample_farthest_points(p, K=k),
+                                                     lambda q, p, k: knn_points(q, p, K=k).idx)], reps, device)
+            p3d_cell = f"{p3d_s * 1e3:.1f} (same result: {same_result(case, points, ours, p3d)})"
             ratio = f"{ours_s / p3d_s:.2f}"
         else:
             p3d_cell, ratio = "not installed", "—"
         issue = f"{case.pytorch3d_issue_ms:g}" if case.pytorch3d_issue_ms is not None else "—"
-        rows.append([case.label, f"{ours_s * 1e3:.1f}", str(same), p3d_cell, ratio, issue])
+        rows.append([case.label, *before_cells, f"{ours_s * 1e3:.1f}", str(same), p3d_cell, ratio, issue])
         print(f"{case.label}: {ours_s * 1e3:.1f} ms", flush=True)
+    clock = "wall-clock" if device.type == "cuda" else "CPU time"
     print_table(
         f"Point.ops pure torch on {device} ({torch.get_num_threads()} threads, torch {torch.__version__}), "
-        f"median of {reps}",
-        ["case", "Point.ops ms", "same as brute force", "pytorch3d ms (this run)", "Point.ops / pytorch3d",
-         "pytorch3d ms (issue 14, other machine)"],
+        f"{clock}, median of {reps}",
+        ["case", "FPS before ms", "speed-up", "Point.ops ms", "same as brute force", "pytorch3d ms (this run)",
+         "Point.ops / pytorch3d", "pytorch3d ms (issue 14, other machine)"],
         rows,
     )
 
