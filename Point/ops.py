@@ -85,9 +85,9 @@ def farthest_point_sample_torch(
         chosen = [current]
         for _ in range(num_samples - 1):
             centre = pts.gather(2, current.expand(dims, batch, 1))
-            # (p - c)² per coordinate in one kernel (mse_loss without reduction: 0), then summed coordinate by
+            # (p - c)² per coordinate in one broadcast kernel (mse_loss, reduction 0: none), then summed coordinate by
             # coordinate in the order pytorch3d sums them, so equal inputs give equal floats and indices.
-            torch._C._nn.mse_loss(pts, centre.expand_as(pts), 0, out=squares)
+            torch._C._nn.mse_loss(pts, centre, 0, out=squares)
             for plane in other_planes:
                 dist.add_(plane)
             torch.minimum(nearest, dist, out=nearest)
