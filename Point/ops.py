@@ -85,8 +85,9 @@ def farthest_point_sample_torch(
         chosen = [current]
         for _ in range(num_samples - 1):
             centre = pts.gather(2, current.expand(dims, batch, 1))
-            # (p - c)² per coordinate in one broadcast kernel (mse_loss, reduction 0: none), then summed coordinate by
-            # coordinate in the order pytorch3d sums them, so equal inputs give equal floats and indices.
+            # (p - c)² per coordinate in one broadcast kernel (the op behind F.mse_loss, which has no out= and would
+            # allocate every step; reduction 0: none), then summed coordinate by coordinate in the order pytorch3d
+            # sums them, so equal inputs give equal floats and indices.
             torch._C._nn.mse_loss(pts, centre, 0, out=squares)
             for plane in other_planes:
                 dist.add_(plane)
