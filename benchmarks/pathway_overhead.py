@@ -4,8 +4,9 @@ One forward + backward + AdamW step per iteration (fp32 on CPU, bf16-mixed on CU
 (the baseline), pathway with one frozen aux, one trainable aux, two frozen aux; and, for one frozen aux, two other
 ways of computing the layer, kept here only for comparison:
 
-* ``W_eff saved`` - ``F.linear(x, W + Σλ W_aux)`` under plain autograd (the library's formulation before this
-  benchmark): autograd keeps the summed weight of every layer alive until backward.
+* ``W_eff saved`` - ``F.linear(x, W + Σλ W_aux)`` under plain autograd in every precision (the library's layer
+  before this benchmark; today the library's layer under autocast and torch.compile): autograd keeps the summed
+  weight of every layer alive until backward, in fp32 when there is no autocast.
 * ``x·W_auxᵀ branch`` - ``x Wᵀ + Σ λ (x W_auxᵀ)``: no summed weight at all, but one more matmul per aux.
 
 Targets: frozen-aux step time ≤ 1.10x plain; peak memory above plain ≤ the aux weights themselves.

@@ -283,12 +283,13 @@ def test_state_dict_of_a_merged_layer_is_the_unmerged_layer(aux_trainable: bool)
 
 
 def _saved_weight_shaped(layer: PathwayLinear, autocast: bool) -> list[torch.Tensor]:
-    """The (out, in)-shaped tensors autograd keeps for the layer's backward."""
+    """The weight-shaped tensors autograd keeps for the layer's backward, as (out, in) (matmuls save Wᵀ)."""
     saved: list[torch.Tensor] = []
+    shape = tuple(layer.weight.shape)
 
     def pack(t: torch.Tensor) -> torch.Tensor:
-        if tuple(t.shape) == tuple(layer.weight.shape):
-            saved.append(t)
+        if tuple(t.shape) in (shape, shape[::-1]):
+            saved.append(t if tuple(t.shape) == shape else t.t())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -299,7 +300,7 @@ def _saved_weight_shaped(layer: PathwayLinear, autocast: bool) -> list[torch.Ten
 
 def test_backward_keeps_no_full_precision_summed_weight() -> None:
     # fp32: only W and the aux (already resident) are saved, the sum is recomputed in backward; under autocast the
-    # bf16 copy the matmul used is saved (half the fp32 bytes) instead of recomputing it.
+    # layer is the plain expression and autograd keeps the bf16 copy the matmul used (half the fp32 bytes).
     layer = PathwayLinear(_linear(), [_aux(1), _aux(2)], lambda_init=0.5, aux_trainable=False)
     resident = {layer.weight.data_ptr(), layer.aux_weight_0.data_ptr(), layer.aux_weight_1.data_ptr()}
     fp32 = _saved_weight_shaped(layer, autocast=False)
@@ -307,7 +308,7 @@ def test_backward_keeps_no_full_precision_summed_weight() -> None:
     bf16 = _saved_weight_shaped(layer, autocast=True)
     new = [t for t in bf16 if t.data_ptr() not in resident]
     assert [t.dtype for t in new] == [torch.bfloat16]
-    expected = (layer.weight + 0.5 * layer.aux_weight_0 + 0.5 * layer.aux_weight_1).detach().bfloat16()
+    expected = layer.effective_weight().detach().bfloat16()
     torch.testing.assert_close(new[0], expected, atol=0, rtol=0)
 
 

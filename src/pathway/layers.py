@@ -48,40 +48,31 @@ def _aux_delta(lambdas: Tensor, aux_weights: Sequence[Tensor], dtype: torch.dtyp
 
 
 def _summed_weight(weight: Tensor, lambdas: Tensor, aux_weights: Sequence[Tensor]) -> Tensor:
-    """``W + Σ λ_i W_aux_i`` in ``weight``'s dtype; one weight-sized temporary however many aux there are."""
-    return _aux_delta(lambdas, aux_weights, weight.dtype).add_(weight)
+    """``W + Σ λ_i W_aux_i`` in ``weight``'s dtype; one weight-sized temporary however many aux there are.
 
-
-def _summed_weight_as(weight: Tensor, lambdas: Tensor, aux_weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
-    """``_summed_weight`` cast to ``dtype``, with as few host-side op calls as it takes (no autograd).
-
-    The same products and sums in the same order as ``_summed_weight`` (so the same bits), without the no-op
-    ``.to`` calls: on a GPU an eager training step is bound by the host issuing kernels, and this runs twice per
-    layer per step.
+    Written with as few op calls as it takes (λ broadcast rather than indexed for one aux, no no-op casts): on a
+    GPU an eager pathway step is bound by the host issuing kernels, and this runs for every layer every step.
     """
     if lambdas.dtype != weight.dtype:
         lambdas = lambdas.to(weight.dtype)
     if len(aux_weights) == 1:
-        summed = aux_weights[0] * lambdas  # (out, in) * (1,): λ_0 broadcast, no indexing op
+        summed = aux_weights[0] * lambdas  # (out, in) * (1,)
     else:
         scales = lambdas.unbind()
         summed = aux_weights[0] * scales[0]
         for aux, scale in zip(aux_weights[1:], scales[1:]):
             summed.add_(aux * scale)
-    summed.add_(weight)
-    return summed if dtype == summed.dtype else summed.to(dtype)
+    return summed.add_(weight)
 
 
 class _PathwayLinearFunction(torch.autograd.Function):
-    """``x (W + Σ λ_i W_aux_i)ᵀ + b`` that keeps no full-precision summed weight alive until backward.
+    """``x (W + Σ λ_i W_aux_i)ᵀ + b`` that keeps no summed weight alive between forward and backward.
 
-    Plain autograd on ``F.linear(x, W + Σ λ W_aux)`` saves the summed weight of every layer for the backward
-    pass: one extra weight-sized tensor per layer for the whole step (+100% of the aux weights in peak memory in
-    fp32).  Here the summed weight is saved only when the matmul runs in a narrower dtype than the weights (under
-    autocast: the bf16/fp16 copy the matmul used, half the fp32 aux bytes at most), which spares backward a second
-    weight-sized pass and its host-side ops; otherwise backward recomputes it.  ``∂L/∂λ_i = <∂L/∂W_eff, W_aux_i>``
-    is a dot product.  The matmuls run in ``compute_dtype`` (the autocast dtype under autocast); weight gradients
-    come back in the parameters' own dtypes, as with autocast.
+    Used when the matmul runs in the weights' own precision (fp32 training, or bf16 weights), where plain autograd
+    on ``F.linear(x, W + Σ λ W_aux)`` would save a full-precision summed weight per layer for the whole step
+    (+100% of the aux weights in peak memory).  Backward recomputes the sum instead (one elementwise pass per aux)
+    and computes ``∂L/∂λ_i = <∂L/∂W_eff, W_aux_i>`` as a dot product; weight gradients come back in the
+    parameters' own dtypes.
     """
 
     @staticmethod
@@ -91,31 +82,30 @@ class _PathwayLinearFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             if x.dtype != compute_dtype:
                 x = x.to(compute_dtype)
-            summed = _summed_weight_as(weight, lambdas, aux_weights, compute_dtype)
+            summed = _summed_weight(weight, lambdas, aux_weights)
+            if summed.dtype != compute_dtype:
+                summed = summed.to(compute_dtype)
             ctx.bias_dtype = bias.dtype if bias is not None else None
             if bias is not None and bias.dtype != compute_dtype:
                 bias = bias.to(compute_dtype)
             out = F.linear(x, summed, bias)
-        keep_summed = compute_dtype.itemsize < weight.dtype.itemsize
-        ctx.save_for_backward(x, weight, lambdas, summed if keep_summed else None, *aux_weights)
+        ctx.save_for_backward(x, weight, lambdas, *aux_weights)
         ctx.input_dtype = input_dtype
-        ctx.compute_dtype = compute_dtype
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Optional[Tensor], ...]:
-        x, weight, lambdas, summed, *aux_weights = ctx.saved_tensors
+        x, weight, lambdas, *aux_weights = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_x = grad_weight = grad_bias = grad_lambdas = None
         grad_aux: list[Optional[Tensor]] = [None] * len(aux_weights)
         with torch.autocast(grad_out.device.type, enabled=False):
-            if grad_out.dtype != ctx.compute_dtype:
-                grad_out = grad_out.to(ctx.compute_dtype)
+            if grad_out.dtype != x.dtype:  # x was saved in the compute dtype
+                grad_out = grad_out.to(x.dtype)
             if needs[0]:
-                if summed is None:
-                    summed = _summed_weight_as(weight, lambdas, aux_weights, ctx.compute_dtype)
-                grad_x = grad_out.matmul(summed)
+                summed = _summed_weight(weight, lambdas, aux_weights)
+                grad_x = grad_out.matmul(summed if summed.dtype == x.dtype else summed.to(x.dtype))
                 if grad_x.dtype != ctx.input_dtype:
                     grad_x = grad_x.to(ctx.input_dtype)
                 del summed
@@ -129,9 +119,7 @@ class _PathwayLinearFunction(torch.autograd.Function):
                 if needs[1]:
                     grad_weight = grad_summed
                 if needs[3]:
-                    flat = grad_summed.reshape(-1)
-                    if flat.dtype != torch.float32:
-                        flat = flat.float()
+                    flat = grad_summed.reshape(-1).float()
                     grad_lambdas = torch.stack([torch.dot(flat, aux.reshape(-1).float()) for aux in aux_weights])
                     if grad_lambdas.dtype != lambdas.dtype:
                         grad_lambdas = grad_lambdas.to(lambdas.dtype)
@@ -205,14 +193,15 @@ class PathwayLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.is_merged:
             return F.linear(x, self.weight, self.bias)
-        if torch.compiler.is_compiling():
-            # Under torch.compile the plain expression is the cheaper one: the compiler fuses the sum and the
-            # cast into one pass and its partitioner recomputes the sum for backward instead of saving it.
+        autocast = torch.is_autocast_enabled(x.device.type)
+        narrower = autocast and torch.get_autocast_dtype(x.device.type).itemsize < self.weight.dtype.itemsize
+        if narrower or torch.compiler.is_compiling():
+            # The plain expression, where it is the cheaper one.  Under autocast the summed weight autograd keeps
+            # for backward is the bf16/fp16 copy the matmul used (half the fp32 aux bytes at most), and the
+            # backward runs in C++: on an H100 this is faster than the custom function (benchmarks/README §5).
+            # Under torch.compile the compiler fuses sum and cast and recomputes the sum for backward.
             return F.linear(x, self.effective_weight(), self.bias)
-        if torch.is_autocast_enabled(x.device.type):
-            compute_dtype = torch.get_autocast_dtype(x.device.type)
-        else:
-            compute_dtype = x.dtype
+        compute_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
         return _PathwayLinearFunction.apply(
             x, self.weight, self.bias, self.lambdas, compute_dtype, *self.aux_weights()
         )
