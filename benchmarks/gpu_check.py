@@ -197,7 +197,8 @@ def captured(fn: Callable[[], object]) -> tuple[object, str]:
     return result, buffer.getvalue().replace("### ", "#### ")
 
 
-def overhead(device: torch.device, smoke: bool, compile_step: bool) -> tuple[str, dict[str, dict[str, tuple[float, float]]]]:
+def overhead(device: torch.device, smoke: bool,
+             compile_step: bool) -> tuple[str, dict[str, dict[str, tuple[float, float]]]]:
     """One overhead table, eager or under ``torch.compile`` (its own section, run last: compiling ViT-B is slow)."""
     model, batch, rounds, iters = ("tiny", 4, 3, 1) if smoke else ("vitb", 64, 7, 3)
     backend = ("eager" if smoke else "inductor") if compile_step else None

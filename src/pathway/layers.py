@@ -40,29 +40,24 @@ def is_lambdas_key(key: str) -> bool:
 
 
 def _aux_delta(lambdas: Tensor, aux_weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
-    """Σ λ_i W_aux_i; the λ·W_aux products are formed in ``dtype`` so autograd reaches λ."""
-    delta = lambdas[0].to(dtype) * aux_weights[0].to(dtype)
-    for i in range(1, len(aux_weights)):
-        delta = delta + lambdas[i].to(dtype) * aux_weights[i].to(dtype)
+    """Σ λ_i W_aux_i in ``dtype``, differentiable in λ and the aux weights.
+
+    λ is broadcast rather than indexed when there is one aux: on a GPU an eager pathway step is bound by the host
+    issuing kernels, and this runs for every layer every step.
+    """
+    lambdas = lambdas.to(dtype)
+    if len(aux_weights) == 1:
+        return aux_weights[0].to(dtype) * lambdas  # (out, in) * (1,)
+    scales = lambdas.unbind()
+    delta = aux_weights[0].to(dtype) * scales[0]
+    for aux, scale in zip(aux_weights[1:], scales[1:]):
+        delta.add_(aux.to(dtype) * scale)
     return delta
 
 
 def _summed_weight(weight: Tensor, lambdas: Tensor, aux_weights: Sequence[Tensor]) -> Tensor:
-    """``W + Σ λ_i W_aux_i`` in ``weight``'s dtype; one weight-sized temporary however many aux there are.
-
-    Written with as few op calls as it takes (λ broadcast rather than indexed for one aux, no no-op casts): on a
-    GPU an eager pathway step is bound by the host issuing kernels, and this runs for every layer every step.
-    """
-    if lambdas.dtype != weight.dtype:
-        lambdas = lambdas.to(weight.dtype)
-    if len(aux_weights) == 1:
-        summed = aux_weights[0] * lambdas  # (out, in) * (1,)
-    else:
-        scales = lambdas.unbind()
-        summed = aux_weights[0] * scales[0]
-        for aux, scale in zip(aux_weights[1:], scales[1:]):
-            summed.add_(aux * scale)
-    return summed.add_(weight)
+    """``W + Σ λ_i W_aux_i`` in ``weight``'s dtype; one weight-sized temporary however many aux there are."""
+    return _aux_delta(lambdas, aux_weights, weight.dtype).add_(weight)
 
 
 class _PathwayLinearFunction(torch.autograd.Function):
@@ -80,17 +75,13 @@ class _PathwayLinearFunction(torch.autograd.Function):
                 compute_dtype: torch.dtype, *aux_weights: Tensor) -> Tensor:
         input_dtype = x.dtype
         with torch.autocast(x.device.type, enabled=False):
-            if x.dtype != compute_dtype:
-                x = x.to(compute_dtype)
-            summed = _summed_weight(weight, lambdas, aux_weights)
-            if summed.dtype != compute_dtype:
-                summed = summed.to(compute_dtype)
-            ctx.bias_dtype = bias.dtype if bias is not None else None
-            if bias is not None and bias.dtype != compute_dtype:
-                bias = bias.to(compute_dtype)
-            out = F.linear(x, summed, bias)
+            x = x.to(compute_dtype)
+            summed = _summed_weight(weight, lambdas, aux_weights).to(compute_dtype)
+            out = F.linear(x, summed, bias.to(compute_dtype) if bias is not None else None)
         ctx.save_for_backward(x, weight, lambdas, *aux_weights)
         ctx.input_dtype = input_dtype
+        ctx.compute_dtype = compute_dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
         return out
 
     @staticmethod
@@ -101,31 +92,25 @@ class _PathwayLinearFunction(torch.autograd.Function):
         grad_x = grad_weight = grad_bias = grad_lambdas = None
         grad_aux: list[Optional[Tensor]] = [None] * len(aux_weights)
         with torch.autocast(grad_out.device.type, enabled=False):
-            if grad_out.dtype != x.dtype:  # x was saved in the compute dtype
-                grad_out = grad_out.to(x.dtype)
+            grad_out = grad_out.to(ctx.compute_dtype)
             if needs[0]:
-                summed = _summed_weight(weight, lambdas, aux_weights)
-                grad_x = grad_out.matmul(summed if summed.dtype == x.dtype else summed.to(x.dtype))
-                if grad_x.dtype != ctx.input_dtype:
-                    grad_x = grad_x.to(ctx.input_dtype)
+                summed = _summed_weight(weight, lambdas, aux_weights).to(ctx.compute_dtype)
+                grad_x = grad_out.matmul(summed).to(ctx.input_dtype)
                 del summed
             grad_2d = grad_out.reshape(-1, grad_out.shape[-1])
             if needs[2]:
                 grad_bias = grad_2d.sum(0).to(ctx.bias_dtype)
             if needs[1] or needs[3] or any(needs[5:]):
-                grad_summed = grad_2d.t().mm(x.reshape(-1, x.shape[-1]))
-                if grad_summed.dtype != weight.dtype:
-                    grad_summed = grad_summed.to(weight.dtype)
+                grad_summed = grad_2d.t().mm(x.reshape(-1, x.shape[-1])).to(weight.dtype)
                 if needs[1]:
                     grad_weight = grad_summed
                 if needs[3]:
-                    flat = grad_summed.reshape(-1).float()
-                    grad_lambdas = torch.stack([torch.dot(flat, aux.reshape(-1).float()) for aux in aux_weights])
-                    if grad_lambdas.dtype != lambdas.dtype:
-                        grad_lambdas = grad_lambdas.to(lambdas.dtype)
+                    flat = grad_summed.float().reshape(-1)
+                    grad_lambdas = torch.stack([torch.dot(flat, aux.float().reshape(-1)) for aux in aux_weights])
+                    grad_lambdas = grad_lambdas.to(lambdas.dtype)
                 for i, aux in enumerate(aux_weights):
                     if needs[5 + i]:
-                        grad_aux[i] = (grad_summed * lambdas[i].to(weight.dtype)).to(aux.dtype)
+                        grad_aux[i] = (lambdas[i].to(weight.dtype) * grad_summed).to(aux.dtype)
         return (grad_x, grad_weight, grad_bias, grad_lambdas, None, *grad_aux)
 
 
