@@ -11,7 +11,9 @@ pure-torch implementation with the same semantics, so the same input gives the s
   equal distances is unspecified (as in pytorch3d).
 
 Which backend runs is decided once at import, logged once at the first call and exposed as ``BACKEND``
-(``"pytorch3d"`` or ``"torch"``).
+(``"pytorch3d"`` or ``"torch"``).  ``torch.export`` (and the ONNX export built on it) always traces the pure-torch
+path: pytorch3d's ops are opaque extension calls that read tensor values on the host, which export cannot trace,
+and the torch path gives the same indices, so an exported model computes what the eager one does.
 """
 from __future__ import annotations
 
@@ -45,6 +47,10 @@ def _log_backend_once() -> None:
     if not _backend_logged:
         _backend_logged = True
         log.info("Point.ops: FPS and kNN run on the %s backend", BACKEND)
+
+
+def _pytorch3d_runs() -> bool:
+    return BACKEND == "pytorch3d" and not torch.compiler.is_exporting()
 
 
 def _check_points(points: Tensor, name: str) -> None:
@@ -148,7 +154,7 @@ def farthest_point_sample(
     ``generator`` only affects the pure-torch path (pytorch3d draws random starts from the global RNG).
     """
     _log_backend_once()
-    if _p3d_sample_farthest_points is not None:
+    if _pytorch3d_runs():
         _check_points(points, "points")
         if not 0 < num_samples <= points.shape[1]:
             raise ValueError(f"cannot sample {num_samples} of {points.shape[1]} points by FPS")
@@ -160,7 +166,7 @@ def farthest_point_sample(
 def knn(queries: Tensor, points: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The ``k`` nearest ``points`` of every query: ``(squared distances (B, Q, k) ascending, indices (B, Q, k))``."""
     _log_backend_once()
-    if _p3d_knn_points is not None:
+    if _pytorch3d_runs():
         _check_points(queries, "queries")
         _check_points(points, "points")
         if not 0 < k <= points.shape[1]:

@@ -4,10 +4,10 @@ Cases: FPS of 128 from 2,048 points, batch 8 (pure torch was slowest next to pyt
 queries among 8,192 points, batch 32 (likewise for kNN); and the two uses in the Point pipeline: 1,024-point
 clouds -> 64 FPS centres + 32-NN (the tokenizer), 8,192-point clouds -> 1,024 FPS samples (data subsampling).
 Every result is checked against a brute-force per-cloud reference (same FPS start and tie-breaking; neighbours
-at the same distances, whose order among exact ties is unspecified).  pytorch3d runs in the same process when
-importable; otherwise its times from issue 14 (0.7.9 built from source, a 2-core CPU: another machine) are
-printed beside ours for orientation, not as a same-run ratio.  The FPS that Point.ops had before its per-step
-kernels were cut (``fps_before``) runs in the same rounds, so its speed-up is a same-run ratio.  On CPU the times
+at the same distances, whose order among exact ties is unspecified).  pytorch3d, when importable, and the FPS
+that Point.ops had before its per-step kernels were cut (``fps_before``) run interleaved with Point.ops in the
+same rounds, so both ratios are same-run ratios; issue 14's pytorch3d times (another machine) are printed beside
+them for orientation.  pytorch3d's CPU kernels are single-threaded: compare with ``--threads 1``.  On CPU the times
 are CPU time of the process (robust to other jobs on a shared machine; with one thread, that thread's time); on
 CUDA, wall-clock time between synchronisations.
 
@@ -166,19 +166,21 @@ def main(argv: Optional[list[str]] = None) -> None:
         variants = [lambda: pipeline(case, points, ops.farthest_point_sample_torch, knn_indices)]
         if case.fps:
             variants.append(lambda: pipeline(case, points, fps_before, knn_indices))
-        (ours_s, ours), *before = timed(variants, reps, device)
+        if sample_farthest_points is not None:
+            variants.append(lambda: pipeline(case, points, lambda p, k: sample_farthest_points(p, K=k),
+                                             lambda q, p, k: knn_points(q, p, K=k).idx))
+        (ours_s, ours), *others = timed(variants, reps, device)
         before_cells = ["—", "—"]
-        if before:
-            before_s, before_result = before[0]
+        if case.fps:
+            before_s, before_result = others.pop(0)
             if not torch.equal(before_result[0], ours[0]):
                 raise RuntimeError(f"{case.label}: fps_before and Point.ops chose different points")
             before_cells = [f"{before_s * 1e3:.1f}", f"{before_s / ours_s:.2f}x"]
         reference = pipeline(case, points, lambda p, k: (ops.gather_points(p, idx := fps_reference(p, k)), idx),
                              knn_reference)
         same = same_result(case, points, ours, reference)
-        if sample_farthest_points is not None:
-            [(p3d_s, p3d)] = timed([lambda: pipeline(case, points, lambda p, k: sample_farthest_points(p, K=k),
-                                                     lambda q, p, k: knn_points(q, p, K=k).idx)], reps, device)
+        if others:
+            [(p3d_s, p3d)] = others
             p3d_cell = f"{p3d_s * 1e3:.1f} (same result: {same_result(case, points, ours, p3d)})"
             ratio = f"{ours_s / p3d_s:.2f}"
         else:

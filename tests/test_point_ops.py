@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import types
 
 import pytest
 import torch
@@ -124,6 +125,44 @@ def test_dispatch_uses_the_reported_backend() -> None:
     assert torch.equal(fps_idx, p3d.sample_farthest_points(points, K=10)[1].long())
     assert torch.equal(fps_idx, ops.farthest_point_sample_torch(points, 10)[1])
     assert torch.equal(knn_idx, ops.knn_torch(queries, points, 4)[1])
+
+
+def _host_bound_pytorch3d(calls: list[str]) -> tuple:
+    """Stand-ins with pytorch3d's signatures that, like its extension ops, compute outside torch (here in numpy, which
+    torch.export cannot trace) and return the torch path's results."""
+    def sample_farthest_points(points, K, random_start_point=False):
+        calls.append("fps")
+        idx = torch.from_numpy(ops.farthest_point_sample_torch(points, K)[1].numpy())
+        return ops.gather_points(points, idx), idx
+
+    def knn_points(queries, points, K, return_sorted=True):
+        calls.append("knn")
+        dists, idx = ops.knn_torch(queries, points, K)
+        return types.SimpleNamespace(dists=dists, idx=torch.from_numpy(idx.numpy()))
+
+    return sample_farthest_points, knn_points
+
+
+def test_export_traces_the_torch_path_when_pytorch3d_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With pytorch3d installed, exporting a Point model failed: export traced into pytorch3d's ops."""
+    calls: list[str] = []
+    fps, knn = _host_bound_pytorch3d(calls)
+    monkeypatch.setattr(ops, "BACKEND", "pytorch3d")
+    monkeypatch.setattr(ops, "_p3d_sample_farthest_points", fps)
+    monkeypatch.setattr(ops, "_p3d_knn_points", knn)
+
+    class Grouping(torch.nn.Module):
+        def forward(self, points: torch.Tensor) -> torch.Tensor:
+            centres, _ = ops.farthest_point_sample(points, 8)
+            dists, idx = ops.knn(centres, points, 4)
+            return ops.gather_points(points, idx).sum(-1) + dists
+
+    points = _cloud(2, 32, seed=8)
+    eager = Grouping()(points)
+    assert calls == ["fps", "knn"]
+    program = torch.export.export(Grouping(), (points,))
+    assert calls == ["fps", "knn"]
+    torch.testing.assert_close(program.module()(points), eager, rtol=0, atol=0)
 
 
 def test_backend_is_logged_once(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
