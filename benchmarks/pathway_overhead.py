@@ -11,6 +11,10 @@ ways of computing the layer, kept here only for comparison:
 
 Targets: frozen-aux step time ≤ 1.10x plain; peak memory above plain ≤ the aux weights themselves.
 
+"aten ops / step" counts the operators one eager step dispatches (forward, backward, AdamW; AdamW's per-tensor
+CPU path dispatches more than its CUDA foreach path): where a step is bound by the host issuing kernels rather than
+by the device running them, its time grows with this count, not with the extra arithmetic.
+
     .venv/bin/python benchmarks/pathway_overhead.py                 # tiny + ViT-B
     .venv/bin/python benchmarks/pathway_overhead.py --quick         # tiny only, seconds
     .venv/bin/python benchmarks/pathway_overhead.py --models vitb --compile inductor   # under torch.compile
@@ -22,12 +26,14 @@ import os
 # Set before torch loads libgomp: spinning OpenMP threads on a CPU shared with other work run up to ~80x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench_utils import (
     MODELS, autocast_for, build_vit, describe_machine, interleaved_timing, mib, model_benchmark_args,
@@ -121,6 +127,24 @@ def make_step(model: nn.Module, batch: int, device: torch.device) -> Callable[[]
     return step
 
 
+class _OpCounter(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
+        self.counts[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def ops_per_step(step: Callable[[], None]) -> int:
+    """aten operators dispatched by one call of ``step`` (after one warm-up call, which creates AdamW's state)."""
+    step()
+    with _OpCounter() as counter:
+        step()
+    return sum(counter.counts.values())
+
+
 def compiled(model: nn.Module, backend: Optional[str]) -> nn.Module:
     """``torch.compile(model, backend=backend)``, or the model itself when ``backend`` is None."""
     return model if backend is None else torch.compile(model, backend=backend)
@@ -147,6 +171,7 @@ def run(model_name: str, batch: int, memory: Optional[dict[str, tuple[int, int]]
     """Prints the table; returns each variant's (step time / plain, peak memory / plain's; NaN if not measured)."""
     models = {v.label: compiled(build_variant(model_name, v, device), compile_backend) for v in variants}
     runners = {label: make_step(m, batch, device) for label, m in models.items()}
+    ops = {label: "—" if compile_backend else str(ops_per_step(step)) for label, step in runners.items()}
     timings = interleaved_timing(runners, rounds=rounds, iters_per_round=iters, device=device)
     plain = timings[variants[0].label]
     rows, ratios = [], {}
@@ -154,7 +179,8 @@ def run(model_name: str, batch: int, memory: Optional[dict[str, tuple[int, int]]
         t = timings[variant.label]
         ratio, spread = ratio_to(plain, t)
         median_s = sorted(t.seconds)[len(t.seconds) // 2]
-        row = [variant.label, f"{1 / median_s:.3f}", f"{batch / median_s:.1f}", f"{ratio:.3f} ± {spread:.3f}"]
+        row = [variant.label, f"{1 / median_s:.3f}", f"{batch / median_s:.1f}", f"{ratio:.3f} ± {spread:.3f}",
+               ops[variant.label]]
         if memory is None:
             ratios[variant.label] = (ratio, float("nan"))
             rows.append(row + ["not measured"] * 4)
@@ -170,8 +196,8 @@ def run(model_name: str, batch: int, memory: Optional[dict[str, tuple[int, int]]
         f"{model_name} ({spec['name']} {spec['kwargs'] or ''}, {spec['img_size']}px), batch {batch}, "
         f"{precision_name(device)}{f', torch.compile({compile_backend})' if compile_backend else ''}, "
         f"{describe_machine(device)}; {rounds} rounds x {iters} steps",
-        ["variant", "steps/s", "samples/s", "time vs plain (median ± IQR/2)", "peak MiB", "Δ peak vs plain MiB",
-         "aux MiB", "Δ / aux"],
+        ["variant", "steps/s", "samples/s", "time vs plain (median ± IQR/2)", "aten ops / step", "peak MiB",
+         "Δ peak vs plain MiB", "aux MiB", "Δ / aux"],
         rows,
     )
     return ratios
