@@ -42,8 +42,10 @@ def build_vit(model: str, num_classes: int = 10, seed: int = 0, device: torch.de
 def model_benchmark_args(
     doc: str, rounds: int, iters: int, cpu_batches: dict[str, int], cuda_batches: dict[str, int],
     argv: Optional[list[str]] = None, compile_option: bool = False,
+    add_arguments: Optional[Callable[[argparse.ArgumentParser], Any]] = None,
 ) -> tuple[argparse.Namespace, torch.device, list[int]]:
-    """The command line the tiny/ViT-B timing benchmarks share: (args, device, one batch size per model)."""
+    """The command line the tiny/ViT-B timing benchmarks share: (args, device, one batch size per model);
+    ``add_arguments`` adds a script's own options."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["tiny", "vitb"])
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
@@ -55,6 +57,8 @@ def model_benchmark_args(
     if compile_option:
         parser.add_argument("--compile", metavar="BACKEND", default=None,
                             help="run every variant under torch.compile with this backend (inductor, eager, ...)")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     device = pick_device(args.device)
     if args.quick:

@@ -13,11 +13,13 @@ Targets: frozen-aux step time ≤ 1.10x plain; peak memory above plain ≤ the a
 
 "aten ops / step" counts the operators one eager step dispatches (forward, backward, AdamW; AdamW's per-tensor
 CPU path dispatches more than its CUDA foreach path): where a step is bound by the host issuing kernels rather than
-by the device running them, its time grows with this count, not with the extra arithmetic.
+by the device running them, its time grows with this count, not with the extra arithmetic.  ``--count-ops-as-cuda``
+only counts them, on any device, for the step as CUDA runs it (bf16 autocast, AdamW's foreach path).
 
     .venv/bin/python benchmarks/pathway_overhead.py                 # tiny + ViT-B
     .venv/bin/python benchmarks/pathway_overhead.py --quick         # tiny only, seconds
     .venv/bin/python benchmarks/pathway_overhead.py --models vitb --compile inductor   # under torch.compile
+    .venv/bin/python benchmarks/pathway_overhead.py --models vitb --batch 1 --count-ops-as-cuda
 """
 from __future__ import annotations
 
@@ -26,7 +28,6 @@ import os
 # Set before torch loads libgomp: spinning OpenMP threads on a CPU shared with other work run up to ~80x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
@@ -107,15 +108,16 @@ def aux_bytes(model: nn.Module) -> int:
     return tensor_bytes([w for _, layer in pathway_layers(model) for w in layer.aux_weights()])
 
 
-def make_step(model: nn.Module, batch: int, device: torch.device) -> Callable[[], None]:
-    """One optimisation step on a fixed random batch: what a training loop costs, without the loader."""
+def make_step(model: nn.Module, batch: int, device: torch.device, as_cuda: bool = False) -> Callable[[], None]:
+    """One optimisation step on a fixed random batch: what a training loop costs, without the loader.  ``as_cuda``:
+    bf16 autocast and AdamW's foreach path on any device, as a CUDA step runs them."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05, foreach=True if as_cuda else None)
     size = model.patch_embed.img_size
     generator = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(batch, 3, *size, generator=generator).to(device)
     y = torch.randint(0, 10, (batch,), generator=generator).to(device)
-    autocast = autocast_for(device)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if as_cuda else autocast_for(device)
 
     def step() -> None:
         with autocast():
@@ -130,10 +132,10 @@ def make_step(model: nn.Module, batch: int, device: torch.device) -> Callable[[]
 class _OpCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
-        self.counts: Counter[str] = Counter()
+        self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
-        self.counts[str(func.overloadpacket)] += 1
+        self.count += 1
         return func(*args, **(kwargs or {}))
 
 
@@ -142,7 +144,7 @@ def ops_per_step(step: Callable[[], None]) -> int:
     step()
     with _OpCounter() as counter:
         step()
-    return sum(counter.counts.values())
+    return counter.count
 
 
 def compiled(model: nn.Module, backend: Optional[str]) -> nn.Module:
@@ -203,11 +205,31 @@ def run(model_name: str, batch: int, memory: Optional[dict[str, tuple[int, int]]
     return ratios
 
 
+def print_ops_as_cuda(model_name: str, batch: int, device: torch.device,
+                      variants: Sequence[Variant] = VARIANTS) -> None:
+    """The ``aten ops / step`` of each variant for the step as CUDA runs it, without timing it."""
+    counts = {v.label: ops_per_step(make_step(build_variant(model_name, v, device), batch, device, as_cuda=True))
+              for v in variants}
+    plain = counts[variants[0].label]
+    print_table(
+        f"{model_name}, batch {batch}: aten ops per eager step as CUDA dispatches them (bf16 autocast, AdamW foreach), "
+        f"counted on {describe_machine(device)}",
+        ["variant", "aten ops / step", "vs plain"],
+        [[label, str(n), f"{n / plain:.3f}"] for label, n in counts.items()],
+    )
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     args, device, batches = model_benchmark_args(
         __doc__, 5, 2, cpu_batches={"tiny": 64, "vitb": 4}, cuda_batches={"tiny": 256, "vitb": 64}, argv=argv,
         compile_option=True,
+        add_arguments=lambda parser: parser.add_argument(
+            "--count-ops-as-cuda", action="store_true", help="only count each variant's aten ops per CUDA-style step"),
     )
+    if args.count_ops_as_cuda:
+        for model_name, batch in zip(args.models, batches):
+            print_ops_as_cuda(model_name, batch, device)
+        return
     # Memory before any timing (CPU measures it in forked children, which must not inherit a live thread pool).
     # torch.compile hangs in such a child, so on CPU compiled variants are timed only.
     measure = args.compile is None or device.type == "cuda"

@@ -14,10 +14,10 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def run_quick(script: str) -> str:
+def run_quick(script: str, *options: str) -> str:
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True, timeout=120, check=False,
-        cwd=BENCHMARKS.parent,
+        [sys.executable, str(BENCHMARKS / script), "--quick", *options], capture_output=True, text=True, timeout=120,
+        check=False, cwd=BENCHMARKS.parent,
     )
     assert result.returncode == 0, f"{script} --quick failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}"
     return result.stdout
@@ -38,3 +38,14 @@ def test_quick_run_prints_its_table(script: str, rows: list[str]) -> None:
     assert table, f"{script} printed no table:\n{out}"
     for row in rows:
         assert any(row in line for line in table[1:]), f"{script}: no table row for '{row}':\n{out}"
+
+
+def test_op_count_as_cuda_counts_the_pathway_operators() -> None:
+    """``--count-ops-as-cuda`` (the operator figures in benchmarks/README §5): every variant, and the pathway's
+    extra operators show up."""
+    out = run_quick("pathway_overhead.py", "--count-ops-as-cuda")
+    rows = {cells[0]: int(cells[1]) for line in out.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]] if cells[1].isdigit()}
+    assert set(rows) == {"plain fine-tune", "pathway 1 aux frozen", "pathway 1 aux frozen [W_eff saved, before]",
+                         "pathway 1 aux frozen [x·W_auxᵀ branch]", "pathway 1 aux trainable", "pathway 2 aux frozen"}
+    assert rows["plain fine-tune"] < rows["pathway 1 aux frozen"] < rows["pathway 1 aux trainable"]
