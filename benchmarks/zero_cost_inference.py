@@ -92,7 +92,8 @@ def run(model_name: str, batch: int, rounds: int, iters: int, device: torch.devi
 
 def main(argv: Optional[list[str]] = None) -> None:
     args, device, batches = model_benchmark_args(
-        __doc__, 9, 3, cpu_batches={"tiny": 64, "vitb": 4}, cuda_batches={"tiny": 1024, "vitb": 256}, argv=argv
+        __doc__, 9, 3, cpu_batches={"tiny": 64, "vitb": 4, "vitb-host": 1},
+        cuda_batches={"tiny": 1024, "vitb": 256, "vitb-host": 1}, argv=argv
     )
     for model_name, batch in zip(args.models, batches):
         run(model_name, batch, args.rounds, args.iters, device)

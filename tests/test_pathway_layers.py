@@ -1,9 +1,12 @@
 """PathwayLinear on its own: the computation, dtypes, freezing, several aux models, merge/unmerge/fuse."""
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pathway.layers import PathwayLinear
 
@@ -310,6 +313,36 @@ def test_backward_keeps_no_full_precision_summed_weight() -> None:
     assert [t.dtype for t in new] == [torch.bfloat16]
     expected = layer.effective_weight().detach().bfloat16()
     torch.testing.assert_close(new[0], expected, atol=0, rtol=0)
+
+
+class _OpNames(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 (torch's protocol)
+        self.names[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _autocast_step_ops(layer: nn.Module) -> Counter[str]:
+    x = _x()
+    with _OpNames() as ops:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+        out.float().sum().backward()
+    return ops.names
+
+
+def test_autocast_step_hands_the_weight_its_gradient_without_a_copy() -> None:
+    # An eager GPU step is bound by the host issuing kernels (benchmarks/README §5): beyond plain nn.Linear's, one
+    # frozen aux costs the sum (1 op), λ's gradient (4) and its accumulation (1); W takes the gradient over as nn.Linear's weight does,
+    # where `W + λ·W_aux` made autograd copy it into W.grad (λ's backward reads it too).
+    plain = _autocast_step_ops(_linear())
+    pathway = _autocast_step_ops(PathwayLinear(_linear(), [_aux(1)], lambda_init=0.3, aux_trainable=False))
+    extra = pathway - plain
+    assert "copy_" not in extra and "new_empty_strided" not in extra, extra
+    assert sum(extra.values()) <= 6, extra
 
 
 @pytest.mark.parametrize("autocast", [False, True])

@@ -39,25 +39,27 @@ def is_lambdas_key(key: str) -> bool:
     return key == LAMBDAS or key.endswith("." + LAMBDAS)
 
 
-def _aux_delta(lambdas: Tensor, aux_weights: Sequence[Tensor], dtype: torch.dtype) -> Tensor:
-    """Σ λ_i W_aux_i in ``dtype``, differentiable in λ and the aux weights.
+def _summed_weight(weight: Tensor, lambdas: Tensor, aux_weights: Sequence[Tensor],
+                   dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``W + Σ λ_i W_aux_i`` in ``dtype`` (``weight``'s by default), differentiable in W, λ and the aux weights.
 
-    λ is broadcast rather than indexed when there is one aux: on a GPU an eager pathway step is bound by the host
-    issuing kernels, and this runs for every layer every step.
+    ``addcmul`` rather than ``W + λ·W_aux``: on a GPU an eager pathway step is bound by the host issuing kernels,
+    and this runs for every layer every step.  It is one kernel instead of two, and its backward hands the gradient
+    itself to ``W`` (the sum's autograd must copy it, because λ's backward reads it too; benchmarks/README §5).
     """
-    lambdas = lambdas.to(dtype)
+    dtype = weight.dtype if dtype is None else dtype
+    lambdas = _cast(lambdas, dtype)
     if len(aux_weights) == 1:
-        return aux_weights[0].to(dtype) * lambdas  # (out, in) * (1,)
-    scales = lambdas.unbind()
-    delta = aux_weights[0].to(dtype) * scales[0]
-    for aux, scale in zip(aux_weights[1:], scales[1:]):
-        delta.add_(aux.to(dtype) * scale)
-    return delta
+        return torch.addcmul(_cast(weight, dtype), _cast(aux_weights[0], dtype), lambdas)
+    summed = _cast(weight, dtype)
+    for aux, scale in zip(aux_weights, lambdas.unbind()):
+        summed = torch.addcmul(summed, _cast(aux, dtype), scale)
+    return summed
 
 
-def _summed_weight(weight: Tensor, lambdas: Tensor, aux_weights: Sequence[Tensor]) -> Tensor:
-    """``W + Σ λ_i W_aux_i`` in ``weight``'s dtype; one weight-sized temporary however many aux there are."""
-    return _aux_delta(lambdas, aux_weights, weight.dtype).add_(weight)
+def _cast(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    """``tensor.to(dtype)`` without the call when it would return ``tensor`` (the call alone costs microseconds)."""
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 class _PathwayLinearFunction(torch.autograd.Function):
@@ -145,6 +147,7 @@ class PathwayLinear(nn.Module):
         self.bias = linear.bias
         self.aux_trainable = aux_trainable
         self.num_aux = len(aux_weights)
+        self._aux_names = tuple(aux_weight_name(i) for i in range(self.num_aux))
         for i, w in enumerate(aux_weights):
             if tuple(w.shape) != tuple(self.weight.shape):
                 raise ValueError(
@@ -167,7 +170,7 @@ class PathwayLinear(nn.Module):
         return self._merged_lambdas is not None
 
     def aux_weights(self) -> list[Tensor]:
-        return [getattr(self, aux_weight_name(i)) for i in range(self.num_aux)]
+        return [getattr(self, name) for name in self._aux_names]
 
     def effective_weight(self) -> Tensor:
         """The weight the layer computes with (differentiable in W, λ and trained aux unless merged)."""
@@ -176,17 +179,18 @@ class PathwayLinear(nn.Module):
         return _summed_weight(self.weight, self.lambdas, self.aux_weights())
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.is_merged:
+        if self._merged_lambdas is not None:
             return F.linear(x, self.weight, self.bias)
-        autocast = torch.is_autocast_enabled(x.device.type)
-        narrower = autocast and torch.get_autocast_dtype(x.device.type).itemsize < self.weight.dtype.itemsize
-        if narrower or torch.compiler.is_compiling():
+        # This runs for every layer every step, and an eager GPU step is bound by the host: the checks stay few.
+        device_type = x.device.type
+        autocast = torch.is_autocast_enabled(device_type)
+        compute_dtype = torch.get_autocast_dtype(device_type) if autocast else x.dtype
+        if autocast and compute_dtype.itemsize < self.weight.dtype.itemsize or torch.compiler.is_compiling():
             # The plain expression, where it is the cheaper one.  Under autocast the summed weight autograd keeps
             # for backward is the bf16/fp16 copy the matmul used (half the fp32 aux bytes at most), and the
             # backward runs in C++: on an H100 this is faster than the custom function (benchmarks/README §5).
             # Under torch.compile the compiler fuses sum and cast and recomputes the sum for backward.
-            return F.linear(x, self.effective_weight(), self.bias)
-        compute_dtype = torch.get_autocast_dtype(x.device.type) if autocast else x.dtype
+            return F.linear(x, _summed_weight(self.weight, self.lambdas, self.aux_weights()), self.bias)
         return _PathwayLinearFunction.apply(
             x, self.weight, self.bias, self.lambdas, compute_dtype, *self.aux_weights()
         )
@@ -203,15 +207,14 @@ class PathwayLinear(nn.Module):
     @torch.no_grad()
     def _unmerged_weight(self) -> Tensor:
         """``weight`` minus what ``merge_`` folded into it, subtracted in fp32."""
-        delta = _aux_delta(self._merged_lambdas, self.aux_weights(), torch.float32)
-        return (self.weight.float() - delta).to(self.weight.dtype)
+        return _summed_weight(self.weight, -self._merged_lambdas, self.aux_weights(), torch.float32).to(self.weight.dtype)
 
     @torch.no_grad()
     def _folded_weight(self) -> Tensor:
         """``W + Σ λ W_aux`` accumulated in fp32 (bf16/fp16 sums lose the small λ·W_aux term) and checked."""
         if self.is_merged:
             return self.weight.float()
-        w = self.weight.float() + _aux_delta(self.lambdas.float(), self.aux_weights(), torch.float32)
+        w = _summed_weight(self.weight, self.lambdas, self.aux_weights(), torch.float32)
         if not torch.isfinite(w).all():
             raise FloatingPointError(
                 "folding λ·W_aux into the weight gives non-finite values "
