@@ -60,6 +60,8 @@ def model_benchmark_args(
     if compile_option:
         parser.add_argument("--compile", metavar="BACKEND", default=None,
                             help="run every variant under torch.compile with this backend (inductor, eager, ...)")
+        parser.add_argument("--compile-mode", metavar="MODE", default=None,
+                            help="torch.compile's mode: reduce-overhead (CUDA graphs), max-autotune, ...")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)

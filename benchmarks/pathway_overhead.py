@@ -21,6 +21,7 @@ GPU step, and counts the same operators as ViT-B.
     .venv/bin/python benchmarks/pathway_overhead.py                 # tiny + ViT-B
     .venv/bin/python benchmarks/pathway_overhead.py --quick         # tiny only, seconds
     .venv/bin/python benchmarks/pathway_overhead.py --models vitb --compile inductor   # under torch.compile
+    .venv/bin/python benchmarks/pathway_overhead.py --models vitb --compile inductor --compile-mode reduce-overhead
     .venv/bin/python benchmarks/pathway_overhead.py --models vitb-host --as-cuda --rounds 15 --iters 5
 """
 from __future__ import annotations
@@ -113,7 +114,9 @@ def aux_bytes(model: nn.Module) -> int:
 
 def make_step(model: nn.Module, batch: int, device: torch.device, as_cuda: bool = False) -> Callable[[], None]:
     """One optimisation step on a fixed random batch: what a training loop costs, without the loader.  ``as_cuda``:
-    bf16 autocast and AdamW's foreach path on any device, as a CUDA step runs them."""
+    bf16 autocast and AdamW's foreach path on any device, as a CUDA step runs them.  Each step starts with
+    ``cudagraph_mark_step_begin``, which tells CUDA graphs (``mode="reduce-overhead"``) that the previous step's
+    outputs are done with; elsewhere it only sets a flag."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=0.05, foreach=True if as_cuda else None)
     size = model.patch_embed.img_size
@@ -123,6 +126,7 @@ def make_step(model: nn.Module, batch: int, device: torch.device, as_cuda: bool 
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if as_cuda else autocast_for(device)
 
     def step() -> None:
+        torch.compiler.cudagraph_mark_step_begin()
         with autocast():
             loss = F.cross_entropy(model(x), y)
         loss.backward()
@@ -150,18 +154,19 @@ def ops_per_step(step: Callable[[], None]) -> int:
     return counter.count
 
 
-def compiled(model: nn.Module, backend: Optional[str]) -> nn.Module:
-    """``torch.compile(model, backend=backend)``, or the model itself when ``backend`` is None."""
-    return model if backend is None else torch.compile(model, backend=backend)
+def compiled(model: nn.Module, backend: Optional[str], mode: Optional[str] = None) -> nn.Module:
+    """``torch.compile(model, backend=backend, mode=mode)``, or the model itself when ``backend`` is None."""
+    return model if backend is None else torch.compile(model, backend=backend, mode=mode)
 
 
 def measure_memory(model_name: str, batch: int, device: torch.device, variants: Sequence[Variant] = VARIANTS,
-                   compile_backend: Optional[str] = None, as_cuda: bool = False) -> dict[str, tuple[int, int]]:
+                   compile_backend: Optional[str] = None, as_cuda: bool = False,
+                   compile_mode: Optional[str] = None) -> dict[str, tuple[int, int]]:
     """Per variant: (peak bytes of building the model and running 3 steps, aux weight bytes)."""
     def work(variant: Variant) -> Callable[[], int]:
         def build_and_step() -> int:
             model = build_variant(model_name, variant, device)
-            step = make_step(compiled(model, compile_backend), batch, device, as_cuda)
+            step = make_step(compiled(model, compile_backend, compile_mode), batch, device, as_cuda)
             for _ in range(3):
                 step()
             return aux_bytes(model)
@@ -172,9 +177,10 @@ def measure_memory(model_name: str, batch: int, device: torch.device, variants: 
 
 def run(model_name: str, batch: int, memory: Optional[dict[str, tuple[int, int]]], rounds: int, iters: int,
         device: torch.device, variants: Sequence[Variant] = VARIANTS,
-        compile_backend: Optional[str] = None, as_cuda: bool = False) -> dict[str, tuple[float, float]]:
+        compile_backend: Optional[str] = None, as_cuda: bool = False,
+        compile_mode: Optional[str] = None) -> dict[str, tuple[float, float]]:
     """Prints the table; returns each variant's (step time / plain, peak memory / plain's; NaN if not measured)."""
-    models = {v.label: compiled(build_variant(model_name, v, device), compile_backend) for v in variants}
+    models = {v.label: compiled(build_variant(model_name, v, device), compile_backend, compile_mode) for v in variants}
     runners = {label: make_step(m, batch, device, as_cuda) for label, m in models.items()}
     ops = {label: "—" if compile_backend else str(ops_per_step(step)) for label, step in runners.items()}
     # The host side of a CUDA step, measured on a CPU, is CPU work: time it in the process's CPU time, which other
@@ -201,10 +207,12 @@ def run(model_name: str, batch: int, memory: Optional[dict[str, tuple[int, int]]
         rows.append(row + [f"{mib(peak):.0f}", f"{mib(extra):+.0f}", f"{mib(aux):.0f}",
                            f"{extra / aux:.2f}" if aux else "-"])
     spec = MODELS[model_name]
+    mode = f", mode={compile_mode}" if compile_mode else ""
+    compile_label = f", torch.compile({compile_backend}{mode})" if compile_backend else ""
     print_table(
         f"{model_name} ({spec['name']} {spec['kwargs'] or ''}, {spec['img_size']}px), batch {batch}, "
         f"{'bf16 autocast + AdamW foreach (as CUDA)' if as_cuda else precision_name(device)}"
-        f"{f', torch.compile({compile_backend})' if compile_backend else ''}, "
+        f"{compile_label}, "
         f"{describe_machine(device)}; {rounds} rounds x {iters} steps{', CPU time' if host_side else ''}",
         ["variant", "steps/s", "samples/s", "time vs plain (median ± IQR/2)", "aten ops / step", "peak MiB",
          "Δ peak vs plain MiB", "aux MiB", "Δ / aux"],
@@ -226,11 +234,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     # Memory before any timing (CPU measures it in forked children, which must not inherit a live thread pool).
     # torch.compile hangs in such a child, so on CPU compiled variants are timed only.
     measure = args.compile is None or device.type == "cuda"
-    memory = {m: measure_memory(m, b, device, compile_backend=args.compile, as_cuda=args.as_cuda) if measure else None
+    memory = {m: measure_memory(m, b, device, compile_backend=args.compile, as_cuda=args.as_cuda,
+                                compile_mode=args.compile_mode) if measure else None
               for m, b in zip(args.models, batches)}
     for model_name, batch in zip(args.models, batches):
         run(model_name, batch, memory[model_name], args.rounds, args.iters, device, compile_backend=args.compile,
-            as_cuda=args.as_cuda)
+            as_cuda=args.as_cuda, compile_mode=args.compile_mode)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,11 @@ def test_cpu_smoke_writes_a_passing_report(tmp_path: Path) -> None:
     assert result.returncode == 0, f"{report}\n{result.stderr[-4000:]}"
     for section in ("## 1. PathwayLinear under mixed precision", "## 2. Demo models, bf16-mixed training steps",
                     "## 3. Training-step overhead and peak memory", "## 4. Zero-cost inference",
-                    "## 5. Training-step overhead under torch.compile", "## 6. Targets"):
+                    "## 5. Training-step overhead under torch.compile",
+                    "## 6. Training-step overhead under torch.compile with CUDA graphs", "## 7. Targets"):
         assert section in report
     assert "FAIL" not in report and "All correctness checks passed." in report
     for row in ("| fp16 autocast + GradScaler | lambdas.grad |", "| Image |", "| Video |", "| Point |", "| Audio |",
-                "torch.compile(eager)", "pathway 2 aux frozen", "fused pathway model"):
+                "torch.compile(eager)", "torch.compile(eager, mode=reduce-overhead)", "pathway 2 aux frozen",
+                "fused pathway model", "pathway 1 aux frozen, torch.compile + CUDA graphs: step"):
         assert row in report, row
