@@ -179,7 +179,7 @@ class PathwayLinear(nn.Module):
         return _summed_weight(self.weight, self.lambdas, self.aux_weights())
 
     def forward(self, x: Tensor) -> Tensor:
-        if self._merged_lambdas is not None:
+        if self.is_merged:
             return F.linear(x, self.weight, self.bias)
         # This runs for every layer every step, and an eager GPU step is bound by the host: the checks stay few.
         device_type = x.device.type
@@ -207,7 +207,8 @@ class PathwayLinear(nn.Module):
     @torch.no_grad()
     def _unmerged_weight(self) -> Tensor:
         """``weight`` minus what ``merge_`` folded into it, subtracted in fp32."""
-        return _summed_weight(self.weight, -self._merged_lambdas, self.aux_weights(), torch.float32).to(self.weight.dtype)
+        weight = _summed_weight(self.weight, -self._merged_lambdas, self.aux_weights(), torch.float32)
+        return weight.to(self.weight.dtype)
 
     @torch.no_grad()
     def _folded_weight(self) -> Tensor:
