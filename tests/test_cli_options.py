@@ -20,6 +20,7 @@ from Image.datamodule import ImageDataModule
 from Image.model import ImageClassifier
 from pathway.atomic import atomic_write
 from pathway.cli import run_cli
+from pathway.export import export_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -146,3 +147,35 @@ def test_compile_backend_compiles_the_backbone_and_keeps_checkpoint_keys(digits_
     assert counters["stats"]["unique_graphs"] > 0, "the backbone never ran under torch.compile"
     assert set(cli.model.state_dict()) == set(eager.state_dict())
     assert float(cli.model.backbone.blocks[0].attn.qkv.lambdas.detach().abs().max()) > 0
+
+
+def test_compile_mode_with_cuda_graphs_marks_every_step_and_clones_outputs(digits_root: Path, aux_ckpt: Path,
+                                                                          tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # CUDA graphs (mode reduce-overhead) replay into the same memory: each batch must start a new graph step, and
+    # what forward returns must outlive the next replay.  On CPU the backend ignores the mode; the hooks are tested.
+    marks: list[int] = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    args = _args(digits_root, aux_ckpt, tmp_path) + ["--trainer.max_epochs", "1", "--trainer.limit_train_batches",
+                                                     "2", "--trainer.limit_val_batches", "1"]
+    eager = _cli(args, monkeypatch)
+    eager.trainer.fit(eager.model, datamodule=eager.datamodule)
+    assert marks == []
+    cli = _cli(args + ["--model.compile_backend", "aot_eager", "--model.compile_mode", "reduce-overhead"],
+               monkeypatch)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert len(marks) == 1 + 2 + 1  # the sanity check's validation batch, two training batches, one validation batch
+    # The checkpoint exports where no compiler runs (export loads it eager, whatever mode it was trained in).
+    sidecar = export_checkpoint(cli.trainer.checkpoint_callback.last_model_path, tmp_path / "export", onnx=False)
+    assert (tmp_path / "export" / "model.pt2").is_file() and sidecar
+    out = torch.randn(2, 3)
+    for module in (eager.model, cli.model):
+        module.backbone = torch.nn.Identity()
+    assert eager.model(out) is out
+    cloned = cli.model(out)
+    assert cloned.data_ptr() != out.data_ptr() and torch.equal(cloned, out)
+
+
+def test_compile_mode_needs_a_backend() -> None:
+    with pytest.raises(ValueError, match="compile_mode='reduce-overhead' needs a compile_backend"):
+        ImageClassifier(model_kwargs=TINY_MODEL_KWARGS, compile_mode="reduce-overhead")

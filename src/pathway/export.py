@@ -146,7 +146,8 @@ def export_checkpoint(
         writers["onnx"] = ("model.onnx", write_onnx)
 
     # Eager: export traces the model itself, and a run trained under torch.compile must export where no compiler is.
-    module = PathwayModule.load_from_checkpoint(ckpt_path, map_location="cpu", compile_backend=None).eval()
+    module = PathwayModule.load_from_checkpoint(
+        ckpt_path, map_location="cpu", compile_backend=None, compile_mode=None).eval()
     inputs = module.example_inputs(batch_size, torch.Generator().manual_seed(0))
     plain = fuse_pathway(module.backbone).eval()
     checks: dict[str, float] = {}

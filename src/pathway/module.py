@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 _RESTORING: contextvars.ContextVar[bool] = contextvars.ContextVar("pathway_restoring", default=False)
 
 _BACKBONE = "backbone."
+# torch.compile modes that replay CUDA graphs (their outputs live in memory the next replay overwrites).
+_CUDA_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})
 
 
 def _checkpoint_class(checkpoint_path: Union[str, Path], checkpoint: Mapping[str, Any]) -> type:
@@ -89,6 +91,10 @@ class PathwayModule(L.LightningModule):
         compile_backend: run the backbone under ``torch.compile`` with this backend (``inductor`` on GPUs, where
             eager pathway steps are bound by the host: benchmarks/README §5); ``nn.Module.compile`` keeps the
             state-dict keys, so checkpoints are the same either way.  ``None``: eager.
+        compile_mode: ``torch.compile``'s mode.  ``reduce-overhead`` replays forward and backward as CUDA graphs,
+            taking the host out of the step: the setting that meets the pathway's step-time targets on an H100
+            (benchmarks/README §5).  Every batch then marks a new CUDA-graph step, and the backbone's outputs are
+            cloned, because the next replay overwrites them.
     """
 
     def __init__(
@@ -113,14 +119,18 @@ class PathwayModule(L.LightningModule):
         head_init_std: Optional[float] = None,
         betas: tuple[float, float] = (0.9, 0.999),
         compile_backend: Optional[str] = None,
+        compile_mode: Optional[str] = None,
     ) -> None:
         super().__init__()
         if lr_schedule_interval not in ("step", "epoch"):
             raise ValueError(f"lr_schedule_interval must be 'step' or 'epoch', got {lr_schedule_interval!r}")
+        if compile_mode is not None and compile_backend is None:
+            raise ValueError(f"compile_mode={compile_mode!r} needs a compile_backend (e.g. inductor)")
         self.save_hyperparameters()
         self.backbone = self.build_backbone()
         if compile_backend is not None:
-            self.backbone.compile(backend=compile_backend)  # traced at the first call, after the pathway exists
+            # traced at the first call, after the pathway exists
+            self.backbone.compile(backend=compile_backend, mode=compile_mode)
         self.aux_hashes: dict[str, str] = {}
         if _RESTORING.get():
             return  # the trained weights and the pathway come from the checkpoint (`on_load_checkpoint`)
@@ -238,7 +248,19 @@ class PathwayModule(L.LightningModule):
                  "trained" if self.hparams.aux_trainable else "frozen")
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.backbone(x)
+        out = self.backbone(x)
+        return out.clone() if self._cuda_graphs else out
+
+    @property
+    def _cuda_graphs(self) -> bool:
+        return self.hparams.compile_mode in _CUDA_GRAPH_MODES
+
+    def _mark_cuda_graph_step(self, *batch_and_indices: Any) -> None:
+        if self._cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = _mark_cuda_graph_step
+    on_predict_batch_start = _mark_cuda_graph_step
 
     def skipped_batch_loss(self) -> Tensor:
         """A zero loss for a batch whose samples were all unreadable.
