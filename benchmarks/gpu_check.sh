@@ -13,7 +13,8 @@ Runs everything a GPU must confirm about the pathway (under 8 minutes on one GPU
   4. zero_cost_inference.py;
   5. the overhead table again under torch.compile (late: compiling takes minutes);
   6. and under torch.compile with CUDA graphs (mode reduce-overhead: no per-kernel host cost);
-  7. the targets as ratios of this run: frozen aux <= 1.05x plain, trained aux <= 1.15x, merged inference 1.00x.
+  7. the targets as ratios of this run: frozen aux <= 1.05x plain, trained aux <= 1.15x (under CUDA graphs, the
+     README's GPU setting; the other modes are reported against the same limits), merged inference 1.00x.
 Exit status 0 when every check and target passes, 1 otherwise (the report says which).
 
   --cpu-smoke   the same code on CPU at tiny sizes (seconds to minutes; timings mean nothing)
