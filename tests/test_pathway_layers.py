@@ -336,8 +336,8 @@ def _autocast_step_ops(layer: nn.Module) -> Counter[str]:
 
 def test_autocast_step_hands_the_weight_its_gradient_without_a_copy() -> None:
     # An eager GPU step is bound by the host issuing kernels (benchmarks/README §5): beyond plain nn.Linear's, one
-    # frozen aux costs the sum (1 op), λ's gradient (4) and its accumulation (1); W takes the gradient over as nn.Linear's weight does,
-    # where `W + λ·W_aux` made autograd copy it into W.grad (λ's backward reads it too).
+    # frozen aux costs the sum (1 op), λ's gradient (4) and its accumulation (1); W takes the gradient over as
+    # nn.Linear's weight does, where `W + λ·W_aux` made autograd copy it into W.grad (λ's backward reads it too).
     plain = _autocast_step_ops(_linear())
     pathway = _autocast_step_ops(PathwayLinear(_linear(), [_aux(1)], lambda_init=0.3, aux_trainable=False))
     extra = pathway - plain

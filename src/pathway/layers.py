@@ -46,6 +46,7 @@ def _summed_weight(weight: Tensor, lambdas: Tensor, aux_weights: Sequence[Tensor
     ``addcmul`` rather than ``W + λ·W_aux``: on a GPU an eager pathway step is bound by the host issuing kernels,
     and this runs for every layer every step.  It is one kernel instead of two, and its backward hands the gradient
     itself to ``W`` (the sum's autograd must copy it, because λ's backward reads it too; benchmarks/README §5).
+    With one aux, λ (shape (1,)) is broadcast rather than unbound, which saves an operator per layer.
     """
     dtype = weight.dtype if dtype is None else dtype
     lambdas = _cast(lambdas, dtype)
@@ -146,24 +147,28 @@ class PathwayLinear(nn.Module):
         self.weight = linear.weight
         self.bias = linear.bias
         self.aux_trainable = aux_trainable
-        self.num_aux = len(aux_weights)
-        self._aux_names = tuple(aux_weight_name(i) for i in range(self.num_aux))
-        for i, w in enumerate(aux_weights):
+        # The aux attribute names, built once: `aux_weights()` runs for every layer every step.
+        self._aux_names = tuple(aux_weight_name(i) for i in range(len(aux_weights)))
+        for i, (name, w) in enumerate(zip(self._aux_names, aux_weights)):
             if tuple(w.shape) != tuple(self.weight.shape):
                 raise ValueError(
                     f"aux weight {i} has shape {tuple(w.shape)}, expected the target's {tuple(self.weight.shape)}"
                 )
             w = w.detach().to(device=self.weight.device, dtype=self.weight.dtype).clone()
             if aux_trainable:
-                self.register_parameter(aux_weight_name(i), nn.Parameter(w))
+                self.register_parameter(name, nn.Parameter(w))
             else:
-                self.register_buffer(aux_weight_name(i), w, persistent=save_aux)
+                self.register_buffer(name, w, persistent=save_aux)
         self.lambdas = nn.Parameter(
             torch.full((self.num_aux,), float(lambda_init), device=self.weight.device, dtype=torch.float32)
         )
         # The λ folded in by `merge_` (so `unmerge_` subtracts exactly that), None while unmerged; a buffer so it
         # follows `.to()`, never saved.
         self.register_buffer("_merged_lambdas", None, persistent=False)
+
+    @property
+    def num_aux(self) -> int:
+        return len(self._aux_names)
 
     @property
     def is_merged(self) -> bool:
