@@ -382,3 +382,36 @@ def test_compiled_layer_matches_eager() -> None:
     for name, param in eager.named_parameters():
         torch.testing.assert_close(dict(compiled_layer.named_parameters())[name].grad, param.grad, msg=name)
     assert eager.lambdas.grad.abs().sum() > 0
+
+
+def _cancelling_aux(grad_weight: torch.Tensor, ratio: float, seed: int) -> torch.Tensor:
+    """An fp32 aux weight ``A`` with ``Σ|G·A|`` about ``ratio`` × ``|Σ G·A|`` for the weight gradient ``G``.
+
+    A random ``A`` with its ``G`` component projected out (in fp64), plus a multiple of ``G`` that leaves the dot
+    product at ``Σ|G·A| / ratio``: the cancellation ViT-B layers show (up to 10⁶) in λ's gradient.
+    """
+    g = grad_weight.double()
+    a = torch.randn(g.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.3
+    a = a - (g * a).sum() / (g * g).sum() * g
+    return (a + (g * a).abs().sum() / ratio / (g * g).sum() * g).float()
+
+
+@pytest.mark.parametrize("num_aux", [1, 2])
+def test_lambda_grad_is_exact_under_cancellation(num_aux: int) -> None:
+    # ∂L/∂λ = <G, W_aux> summed over a ViT-B-sized layer (2304 × 768) whose terms cancel 10⁵-10⁶-fold: an fp32
+    # dot is off by 5e-4 to 2e-3 of the result here, the bar is 1e-4 of the fp64 gradient.  Small integer inputs
+    # make the weight gradient G exact in fp32, so what is measured is the reduction alone.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-8, 9, (8, 768), generator=gen).float()
+    grad_out = torch.randint(-8, 9, (8, 2304), generator=gen).float()
+    exact_grad_weight = grad_out.double().t().mm(x.double())
+    auxes = [_cancelling_aux(exact_grad_weight, ratio, seed=i) for i, ratio in enumerate((1e6, 1e5)[:num_aux])]
+    layer = PathwayLinear(nn.Linear(768, 2304), auxes, lambda_init=0.2, aux_trainable=False)
+    layer(x).backward(grad_out)
+
+    assert torch.equal(layer.weight.grad.double(), exact_grad_weight), "test premise: G is exact in fp32"
+    for i, aux in enumerate(auxes):
+        terms = exact_grad_weight * aux.double()
+        exact = terms.sum()
+        assert 5e4 < float(terms.abs().sum() / exact.abs()) < 5e6, "test premise: the terms cancel 1e5-1e6-fold"
+        assert float(abs(layer.lambdas.grad[i].double() - exact) / exact.abs()) < 1e-4, f"λ_{i}"

@@ -29,6 +29,11 @@ def aux_weight_name(index: int) -> str:
     return f"{_AUX_WEIGHT_PREFIX}{index}"
 
 
+# The reference code's ``CrossModalReparamLinear`` (one aux per layer) spells them ``cross_modal_scale`` (shape (1,),
+# as ``lambdas`` with one aux) and ``aux_weight``; ``PathwayLinear`` loads those keys as its own.
+REFERENCE_KEYS: dict[str, str] = {"cross_modal_scale": LAMBDAS, "aux_weight": aux_weight_name(0)}
+
+
 def parse_aux_weight_key(key: str) -> Optional[tuple[str, int]]:
     """``'<layer>.aux_weight_<i>'`` -> ``('<layer>', i)``; ``None`` for every other key."""
     match = _AUX_WEIGHT_KEY.match(key)
@@ -63,14 +68,31 @@ def _cast(tensor: Tensor, dtype: torch.dtype) -> Tensor:
     return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
+def _lambda_grads(grad_summed: Tensor, aux_weights: Sequence[Tensor]) -> Tensor:
+    """``∂L/∂λ_i = <∂L/∂W_eff, W_aux_i>`` for every aux at once, as one fp64 matrix-vector product.
+
+    These sums cancel: on ViT-B layers ``Σ|g·a|`` reaches 10⁶ × ``|Σ g·a|``, where an fp32 dot is off by up to
+    2e-2 (autograd's fp32 sum, the reference code's, by ~5e-4).  In fp64 every product of two fp32 (or bf16) values
+    is exact and the sum keeps ~10 digits after the largest cancellation seen.  The price: transient fp64 copies of
+    the gradient and the aux weights, and two more kernels per layer than an fp32 dot.
+    """
+    numel = grad_summed.numel()
+    if len(aux_weights) == 1:
+        stacked = aux_weights[0].reshape(1, numel).double()
+    else:  # stacked straight into fp64, without an fp32 stack of the aux weights first
+        stacked = torch.cat([aux.reshape(1, numel) for aux in aux_weights],
+                            out=grad_summed.new_empty((len(aux_weights), numel), dtype=torch.float64))
+    return torch.mv(stacked, grad_summed.reshape(numel).double())
+
+
 class _PathwayLinearFunction(torch.autograd.Function):
     """``x (W + Σ λ_i W_aux_i)ᵀ + b`` that keeps no summed weight alive between forward and backward.
 
     Used when the matmul runs in the weights' own precision (fp32 training, or bf16 weights), where plain autograd
     on ``F.linear(x, W + Σ λ W_aux)`` would save a full-precision summed weight per layer for the whole step
     (+100% of the aux weights in peak memory).  Backward recomputes the sum instead (one elementwise pass per aux)
-    and computes ``∂L/∂λ_i = <∂L/∂W_eff, W_aux_i>`` as a dot product; weight gradients come back in the
-    parameters' own dtypes.
+    and computes ``∂L/∂λ_i = <∂L/∂W_eff, W_aux_i>`` as an fp64 dot product (``_lambda_grads``); weight
+    gradients come back in the parameters' own dtypes.
     """
 
     @staticmethod
@@ -108,9 +130,7 @@ class _PathwayLinearFunction(torch.autograd.Function):
                 if needs[1]:
                     grad_weight = grad_summed
                 if needs[3]:
-                    flat = grad_summed.float().reshape(-1)
-                    grad_lambdas = torch.stack([torch.dot(flat, aux.float().reshape(-1)) for aux in aux_weights])
-                    grad_lambdas = grad_lambdas.to(lambdas.dtype)
+                    grad_lambdas = _lambda_grads(grad_summed, aux_weights).to(lambdas.dtype)
                 for i, aux in enumerate(aux_weights):
                     if needs[5 + i]:
                         grad_aux[i] = (lambdas[i].to(weight.dtype) * grad_summed).to(aux.dtype)
@@ -122,7 +142,8 @@ class PathwayLinear(nn.Module):
 
     State dict keys: ``weight``, ``bias`` (when the target has one), ``lambdas`` (one per aux) and
     ``aux_weight_<i>``: always for trained aux, for frozen aux only with ``save_aux`` (otherwise the caller keeps
-    them by reference, e.g. a file path and hash).
+    them by reference, e.g. a file path and hash).  A layer with one aux also loads the reference code's keys
+    (``cross_modal_scale``, ``aux_weight``: ``REFERENCE_KEYS``), so the reference's state dicts load ``strict=True``.
 
     ``merge_`` folds ``λ·W_aux`` into ``weight`` in place, as PEFT does with LoRA: an unsaved flag, and a plain
     ``F.linear`` while merged (λ and the aux weights are then not used, so merge for inference, not training).
@@ -205,8 +226,25 @@ class PathwayLinear(nn.Module):
         if self.is_merged:
             destination[prefix + "weight"] = self._unmerged_weight()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:  # type: ignore[override]
+        """Also reads the reference code's keys, so its state dicts load ``strict=True`` into a model of ours."""
+        found = [name for name in REFERENCE_KEYS if prefix + name in state_dict]
+        layer = f"pathway layer '{prefix[:-1]}'" if prefix else "the pathway layer"
+        reference = [prefix + name for name in found]
+        ours = [prefix + REFERENCE_KEYS[name] for name in found if prefix + REFERENCE_KEYS[name] in state_dict]
+        if found and self.num_aux != 1:
+            error_msgs.append(
+                f"{layer} has {self.num_aux} auxiliary weights, but the state dict holds the reference code's "
+                f"one-aux keys {reference}; only a layer with one auxiliary model can load them"
+            )
+        elif ours:
+            error_msgs.append(f"{layer}: the state dict holds both the reference code's keys {reference} and {ours}")
+        else:
+            for name in found:
+                state_dict[prefix + REFERENCE_KEYS[name]] = state_dict.pop(prefix + name)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
         self._merged_lambdas = None  # what was loaded is an unmerged weight (see `_save_to_state_dict`)
 
     @torch.no_grad()

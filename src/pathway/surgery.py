@@ -64,8 +64,11 @@ def reparameterize_aux_into_target_model(
     """Replace each ``<main_body_name>.<i>.<layer>`` linear of ``target`` with a ``PathwayLinear``.
 
     ``aux`` is one auxiliary model (module or state dict) or a list of them; each contributes its own λ per
-    layer.  The target is modified in place and returned, as in the reference README.  As in the reference code,
-    the aux weights are trained (``aux_trainable``); frozen, ``save_aux`` says whether they are in the state dict.
+    layer.  The target is modified in place, as in the reference README, and also returned (the reference returns
+    None).  As in the reference code, the aux weights are trained (``aux_trainable``); frozen, ``save_aux`` says
+    whether they are in the state dict.  The aux weights are copies, where the reference shares the aux model's
+    Parameter: training the target must not rewrite the aux model.  With one aux, the model loads a state dict the
+    reference code wrote (``cross_modal_scale``/``aux_weight`` keys, see ``PathwayLinear``) with ``strict=True``.
     """
     auxes = list(aux) if isinstance(aux, (list, tuple)) else [aux]
     if not auxes:
