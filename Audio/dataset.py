@@ -1,8 +1,13 @@
 """The audio clip dataset: records -> ``([1, target_length, mel] fbank, target)``.
 
 Training-time augmentation follows AudioMAE: a random circular time roll and random magnitude of each waveform
-(``roll_magnitude``, its ``roll_mag_aug``), waveform mixup inside the dataset (``λ ~ Beta(α, α)``, labels mixed with
+(``draw_roll``, its ``roll_mag_aug``), waveform mixup inside the dataset (``λ ~ Beta(α, α)``, labels mixed with
 the same λ), and SpecAugment on the normalised fbank.
+
+A clip is its first ``target_length`` fbank frames, so only the samples those need (``FbankSettings.samples``) are
+read; with the roll, the ones a roll of the whole file would bring to the front (``Audio.audio_io.AudioFile.read``).
+Files no longer than that (AudioSet's 10 s, ESC-50's 5 s clips at the default 1024 frames) are read whole, exactly
+as before; for longer ones the DC offset removed before the fbank is the read part's mean, not the whole file's.
 
 Targets: a float multi-hot vector for multi-label data; for single-label data the class index, or — when this
 dataset mixes waveforms — a float soft one-hot vector, so every batch of one loader has one target type.
@@ -20,15 +25,16 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from Audio.audio_io import read_audio
-from Audio.features import SpecAugment, normalize, pad_or_cut, waveform_to_fbank
+from Audio.audio_io import AudioFile, min_samples
+from Audio.features import FRAME_SHIFT_MS, SpecAugment, normalize, pad_or_cut, waveform_to_fbank
 from Audio.labels import AudioRecord
 
 
-def roll_magnitude(wave: Tensor) -> Tensor:
-    """``wave`` rolled by a random number of samples and scaled by a random magnitude ``Beta(10, 10) + 0.5``."""
-    shift = int(np.random.randint(wave.numel()))
-    return wave.roll(shift) * float(np.random.beta(10, 10) + 0.5)
+def draw_roll(length: int) -> tuple[int, float]:
+    """A random circular shift of a ``length``-sample waveform and a random magnitude ``Beta(10, 10) + 0.5``, as
+    ``(the sample the rolled waveform starts at, magnitude)``: rolling by ``shift`` starts at ``length - shift``."""
+    shift = int(np.random.randint(length))
+    return (length - shift) % length, float(np.random.beta(10, 10) + 0.5)
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,11 @@ class FbankSettings:
     def __post_init__(self) -> None:
         if self.std <= 0:
             raise ValueError(f"fbank std must be > 0, got {self.std}")
+
+    @property
+    def samples(self) -> int:
+        """The waveform samples the first ``target_length`` fbank frames are computed from."""
+        return min_samples(self.sample_rate) + (self.target_length - 1) * int(self.sample_rate * FRAME_SHIFT_MS / 1000)
 
     def raw(self, wave: Tensor) -> Tensor:
         """Un-normalised, un-padded fbank (what dataset statistics are computed over)."""
@@ -103,16 +114,20 @@ class AudioClipDataset(Dataset):
         target[list(record.labels)] = 1.0
         return target
 
-    def _wave(self, index: int) -> Tensor:
-        wave = read_audio(self.records[index].path, self.fbank.sample_rate)
-        return roll_magnitude(wave) if self.roll else wave
+    def _wave(self, index: int, roll: bool) -> Tensor:
+        """The samples of one record the clip's fbank frames need, rolled and scaled with ``roll``."""
+        with AudioFile(self.records[index].path, self.fbank.sample_rate) as audio:
+            if not roll:
+                return audio.read(0, self.fbank.samples)
+            start, magnitude = draw_roll(audio.length)
+            return audio.read(start, self.fbank.samples) * magnitude
 
     def raw_fbank(self, index: int) -> Tensor:
-        """Un-normalised, un-padded, un-augmented fbank of one record (for computing dataset statistics)."""
-        return self.fbank.raw(read_audio(self.records[index].path, self.fbank.sample_rate))
+        """Un-normalised, un-padded, un-augmented fbank of the frames one clip uses (for dataset statistics)."""
+        return self.fbank.raw(self._wave(index, roll=False))
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
-        wave = self._wave(index)
+        wave = self._wave(index, self.roll)
         record = self.records[index]
         if self.soft_targets:
             target = self._label_vector(record)
@@ -120,7 +135,7 @@ class AudioClipDataset(Dataset):
             target = torch.tensor(record.labels[0], dtype=torch.long)
         if self.mixup > 0 and np.random.rand() < self.mixup:
             other_index = int(np.random.randint(len(self.records)))
-            other = self._wave(other_index)
+            other = self._wave(other_index, self.roll)
             other = torch.nn.functional.pad(other, (0, max(0, wave.numel() - other.numel())))[: wave.numel()]
             lam = float(np.random.beta(self.mixup_alpha, self.mixup_alpha))
             wave = lam * wave + (1.0 - lam) * other

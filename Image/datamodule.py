@@ -5,15 +5,57 @@ import logging
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+from PIL import Image
 from timm.data import create_transform
 from torchvision.datasets import ImageFolder
 
 from pathway.data import (
-    DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_FILE, BadFilePolicy, SkippingDataset, Split, SplitDataModule,
-    class_folders, first_split_folder,
+    DEFAULT_MAX_BAD_FRACTION, DEFAULT_ON_BAD_FILE, BadFilePolicy, BadSampleError, SkippingDataset, Split,
+    SplitDataModule, class_folders, first_split_folder,
 )
 
 log = logging.getLogger(__name__)
+
+# Modes Pillow opens 16-bit grayscale files in (PNG, TIFF); 16-bit RGB(A) files already open as 8-bit RGB(A).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class ImageFileError(BadSampleError, ValueError):
+    """An image file that cannot be decoded into RGB; the message names the file and the reason."""
+
+
+def _to_rgb(image: Image.Image, path: str) -> Image.Image:
+    """``image`` as 8-bit RGB, scaling 16-bit grayscale by its bit depth (``convert`` would clip it to white).
+
+    Pillow older than 10 opens 16-bit grayscale PNGs as mode ``I``; PNG has no deeper integer format, so ``I`` from
+    a PNG is 16-bit too.  Other 32-bit integer or float images have no bit depth to scale by: refused.
+    """
+    if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
+        values = np.asarray(image, dtype=np.uint32)
+        return Image.fromarray(((values + 128) // 257).astype(np.uint8)).convert("RGB")  # 2-D uint8: mode L
+    if image.mode in ("I", "F"):
+        raise ImageFileError(f"{path}: {image.format} image of mode {image.mode} (32-bit integer or float pixels) "
+                             "has no bit depth to scale to 8-bit RGB by; convert it to 8- or 16-bit first")
+    return image.convert("RGB")
+
+
+def load_rgb(path: str) -> Image.Image:
+    """The ImageFolder loader: an 8-bit RGB image, or an ``ImageFileError`` naming ``path``.
+
+    Pillow's decompression-bomb guard stays on: an image of more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels
+    is refused (a sample, skipped or stopping the run by ``on_bad_file``) instead of being decoded.
+    """
+    try:
+        with Image.open(path) as image:
+            return _to_rgb(image, path)
+    except ImageFileError:
+        raise
+    except Image.DecompressionBombError as err:
+        raise ImageFileError(f"{path}: {err} (Pillow's limit: PIL.Image.MAX_IMAGE_PIXELS = "
+                             f"{Image.MAX_IMAGE_PIXELS}, refused above twice that)") from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:  # what Pillow raises on corrupt or truncated files
+        raise ImageFileError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
 
 
 class ImageDataModule(SplitDataModule):
@@ -87,5 +129,5 @@ class ImageDataModule(SplitDataModule):
             interpolation=hp.interpolation, crop_pct=hp.crop_pct,
             mean=hp.mean, std=hp.std,
         )
-        dataset = ImageFolder(str(self.root / folder), transform=transform)
+        dataset = ImageFolder(str(self.root / folder), transform=transform, loader=load_rgb)
         return self.skipping(dataset, lambda i: dataset.samples[i][0])

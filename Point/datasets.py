@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from pathway.data import log_progress
 from Point.ops import farthest_point_sample
-from Point.readers import check_cloud, read_point_file
+from Point.readers import CLOUD_COLUMNS, check_cloud, read_point_file
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ CloudItem = Union[np.ndarray, Path]
 
 SCALE_RANGE: tuple[float, float] = (2.0 / 3.0, 3.0 / 2.0)
 SHIFT_RANGE: float = 0.2
+PART_COLUMNS: tuple[int, ...] = (4, 7)  # ShapeNetPart rows: x y z [nx ny nz] part
 
 
 def normalize_unit_sphere(xyz: np.ndarray) -> np.ndarray:
@@ -58,9 +59,13 @@ def fps_order(xyz: np.ndarray, count: int) -> np.ndarray:
 
 
 class FixedSizeCloudSampler:
-    """Loads, validates, normalises and samples clouds; shared by the classification and part datasets."""
+    """Loads, validates, normalises and samples clouds; shared by the classification and part datasets.
 
-    def __init__(self, items: Sequence[CloudItem], names: Sequence[str], num_points: int, oversample: float) -> None:
+    ``columns``: the column counts a cloud may have (``check_cloud``).
+    """
+
+    def __init__(self, items: Sequence[CloudItem], names: Sequence[str], num_points: int, oversample: float,
+                 columns: tuple[int, ...] = CLOUD_COLUMNS) -> None:
         if len(items) != len(names):
             raise ValueError(f"{len(items)} clouds but {len(names)} names")
         if num_points <= 0:
@@ -70,6 +75,7 @@ class FixedSizeCloudSampler:
         self.items = list(items)
         self.names = list(names)
         self.num_points = num_points
+        self.columns = columns
         self.pool_size = int(math.ceil(oversample * num_points))
         self._orders: dict[int, np.ndarray] = {}
         self._padded: set[int] = set()
@@ -77,8 +83,8 @@ class FixedSizeCloudSampler:
     def load(self, index: int) -> np.ndarray:
         item = self.items[index]
         if isinstance(item, np.ndarray):
-            return check_cloud(item, self.names[index])
-        return read_point_file(item)
+            return check_cloud(item, self.names[index], self.columns)
+        return read_point_file(item, self.columns)
 
     def _pool_count(self, n: int) -> int:
         return min(n, self.pool_size)
@@ -92,11 +98,13 @@ class FixedSizeCloudSampler:
         """
         by_size: dict[int, list[int]] = {}
         for i, item in enumerate(self.items):
-            if not isinstance(item, np.ndarray) or i in self._orders or item.shape[0] <= self.num_points:
+            if not isinstance(item, np.ndarray) or i in self._orders:
                 continue
             try:
-                check_cloud(item, self.names[i])
+                check_cloud(item, self.names[i], self.columns)
             except ValueError:
+                continue
+            if item.shape[0] <= self.num_points:
                 continue
             by_size.setdefault(item.shape[0], []).append(i)
         device = device or torch.device("cpu")
@@ -189,7 +197,8 @@ class PointClassificationDataset(Dataset):
 
 
 class ShapeNetPartDataset(Dataset):
-    """``(points (N, 3), category index, part labels (N,))`` per shape from ShapeNetPart txt files.
+    """``(points (N, 3), category index, part labels (N,), rows (N,))`` per shape from ShapeNetPart txt files;
+    ``rows`` are the points' rows in their file, so that per-point predictions map back to the file's points.
 
     Each file holds rows ``x y z nx ny nz part``; parts are global ids 0..49.
     """
@@ -206,7 +215,8 @@ class ShapeNetPartDataset(Dataset):
         if len(files) != len(categories):
             raise ValueError(f"{len(files)} files but {len(categories)} categories")
         self.files = [Path(f) for f in files]
-        self.sampler = FixedSizeCloudSampler(self.files, [str(f) for f in self.files], num_points, oversample)
+        self.sampler = FixedSizeCloudSampler(self.files, [str(f) for f in self.files], num_points, oversample,
+                                             columns=PART_COLUMNS)
         self.categories = torch.as_tensor(list(categories), dtype=torch.long)
         self.train = train
         self.augment = augment
@@ -216,9 +226,7 @@ class ShapeNetPartDataset(Dataset):
 
     def __getitem__(self, index: int):
         points, rows, raw = self.sampler.sample(index, randomize=self.train)
-        if raw.shape[1] < 4:
-            raise ValueError(f"{self.files[index]}: expected rows 'x y z [nx ny nz] part', got {raw.shape[1]} columns")
         parts = torch.from_numpy(raw[:, -1].astype(np.int64))[rows]
         if self.train and self.augment:
             points = scale_and_shift(points)
-        return points, self.categories[index], parts
+        return points, self.categories[index], parts, rows

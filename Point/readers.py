@@ -2,12 +2,15 @@
 
 Every reader returns plain float32 numpy arrays and raises ``PointDataError`` naming the file (and the
 entry inside it) when the content is unusable, so a bad file in a 12k-file dataset is found at once.
+Clouds are ``(N, C)`` arrays, one point per row; an array that could be read either way round (a transposed
+``(3, N)`` file) is refused rather than guessed.
 """
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -16,6 +19,7 @@ from pathway.data import BadSampleError, read_json
 PathLike = Union[str, Path]
 
 POINT_FILE_SUFFIXES: tuple[str, ...] = (".npy", ".txt", ".ply")
+CLOUD_COLUMNS: tuple[int, ...] = (3, 6)  # x y z [nx ny nz]
 
 _PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
@@ -28,13 +32,26 @@ class PointDataError(BadSampleError, ValueError):
     """A point-cloud file or entry that cannot be used; the message names it."""
 
 
-def check_cloud(points: np.ndarray, source: str) -> np.ndarray:
-    """Return ``points`` as float32 (N, C>=3) or raise naming ``source``: empty, wrong shape, NaN/inf."""
+def check_cloud(points: np.ndarray, source: str, columns: tuple[int, ...] = CLOUD_COLUMNS) -> np.ndarray:
+    """Return ``points`` as float32 (N, C) with C in ``columns``, or raise naming ``source``.
+
+    Refused: empty clouds, other shapes, NaN/inf coordinates, and arrays whose row count is itself an allowed
+    column count (a (3, 6) array is 3 points with normals or a transposed 6-point cloud: no way to tell).
+    """
     points = np.asarray(points)
+    expected = f"an (N, {'|'.join(map(str, columns))}) array of points, one point per row"
     if points.size == 0:
         raise PointDataError(f"{source}: empty point cloud")
-    if points.ndim != 2 or points.shape[1] < 3:
-        raise PointDataError(f"{source}: expected an (N, >=3) array of points, got shape {points.shape}")
+    if points.dtype.kind not in "iuf":
+        raise PointDataError(f"{source}: expected a point cloud of numbers, got dtype {points.dtype}")
+    if points.ndim != 2 or points.shape[1] not in columns:
+        hint = " (transposed?)" if points.ndim == 2 and points.shape[0] in columns else ""
+        raise PointDataError(f"{source}: expected {expected}, got shape {points.shape}{hint}")
+    if points.shape[0] in columns:
+        raise PointDataError(
+            f"{source}: shape {points.shape} is ambiguous ({points.shape[0]} points or a transposed cloud); "
+            f"expected {expected} with more than {max(columns)} points"
+        )
     points = points.astype(np.float32, copy=False)
     bad = ~np.isfinite(points[:, :3])
     if bad.any():
@@ -118,8 +135,8 @@ def _read_ply(path: Path) -> np.ndarray:
     return np.stack([columns[k] for k in keys], axis=1).astype(np.float32)
 
 
-def read_point_file(path: PathLike) -> np.ndarray:
-    """One cloud from a ``.npy``, ``.txt`` (ModelNet/xyz rows) or ``.ply`` file as float32 (N, C>=3)."""
+def read_point_file(path: PathLike, columns: tuple[int, ...] = CLOUD_COLUMNS) -> np.ndarray:
+    """One cloud from a ``.npy``, ``.txt`` (ModelNet/xyz rows) or ``.ply`` file as float32 (N, C in ``columns``)."""
     path = Path(path)
     if not path.is_file():
         raise PointDataError(f"{path}: file not found")
@@ -137,32 +154,83 @@ def read_point_file(path: PathLike) -> np.ndarray:
         points = _read_ply(path)
     else:
         raise PointDataError(f"{path}: unsupported point file type (expected one of {POINT_FILE_SUFFIXES})")
-    return check_cloud(points, str(path))
+    return check_cloud(points, str(path), columns)
+
+
+def _numpy_pickle_globals() -> dict[tuple[str, str], Any]:
+    """The callables a pickle of numpy arrays names, under numpy 1's (``numpy.core``) and 2's (``numpy._core``)
+    module paths, taken from numpy's own reducers so that they are the ones this numpy unpickles with."""
+    array = np.zeros(1, dtype=np.float32)
+    reconstruct = array.__reduce__()[0]
+    frombuffer = array.__reduce_ex__(5)[0]
+    scalar = np.float32(0).__reduce__()[0]
+    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+                                           ("_codecs", "encode"): codecs.encode}
+    for core in ("numpy.core", "numpy._core"):
+        allowed[(f"{core}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{core}.multiarray", "scalar")] = scalar
+        allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles lists, tuples, numbers and numpy arrays only: any other global a pickle names (``os.system``,
+    ``builtins.eval``, a class whose ``__reduce__`` runs code) is refused before it is looked up."""
+
+    allowed = _numpy_pickle_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self.allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refused to load '{module}.{name}': only numpy arrays, numbers and lists may be unpickled"
+            ) from None
+
+
+def _numeric_array(value: Any, source: str, kinds: str = "iuf") -> np.ndarray:
+    """``value`` as a numpy array whose dtype kind is one of ``kinds``, or a ``PointDataError`` naming ``source``."""
+    try:
+        array = np.asarray(value)
+    except ValueError as err:
+        raise PointDataError(f"{source}: not a rectangular array of numbers ({err})") from err
+    if array.dtype.kind not in kinds:
+        raise PointDataError(f"{source}: expected numbers, got {type(value).__name__} of dtype {array.dtype}")
+    return array
 
 
 def load_modelnet_dat(path: PathLike) -> tuple[list[np.ndarray], np.ndarray]:
-    """Clouds (unchecked, see ``Point.datasets.select_valid``) and labels of a Point-MAE ModelNet40 ``.dat`` file.
+    """Clouds (checked per sample by ``check_cloud``) and labels of a Point-MAE ModelNet40 ``.dat`` file.
 
-    These files are Python pickles of ``[list of (8192, 6|3) arrays, list of labels]``.  Unpickling runs
-    whatever code the file names, so only load files you produced yourself or got from a source you trust.
+    These files are Python pickles of ``[list of (8192, 6|3) float32 arrays, list of (1,) int32 label arrays]``.
+    A pickle can name any function to call while loading, so they are read with ``_ArrayUnpickler``: only
+    numpy arrays, numbers and lists come out, and a file naming anything else is refused, naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise PointDataError(f"{path}: ModelNet40 .dat file not found")
     with path.open("rb") as fh:
         try:
-            content = pickle.load(fh)
-        except (pickle.UnpicklingError, EOFError) as err:
-            raise PointDataError(f"{path}: not a readable pickle ({err})") from err
+            content = _ArrayUnpickler(fh).load()
+        except Exception as err:  # a malformed pickle fails in the unpickler or numpy in many ways; all mean this
+            raise PointDataError(f"{path}: not a pickle of point clouds and labels ({err})") from err
     if not isinstance(content, (list, tuple)) or len(content) != 2:
         raise PointDataError(
             f"{path}: expected a pickled [list_of_points, list_of_labels], got {type(content).__name__}"
         )
     clouds, labels = content
+    if not isinstance(clouds, (list, tuple)) or not isinstance(labels, (list, tuple, np.ndarray)):
+        raise PointDataError(f"{path}: expected a pickled [list_of_points, list_of_labels], got "
+                             f"[{type(clouds).__name__}, {type(labels).__name__}]")
     if len(clouds) != len(labels):
         raise PointDataError(f"{path}: {len(clouds)} clouds but {len(labels)} labels")
-    labels = np.asarray(labels).reshape(len(clouds)).astype(np.int64)
-    return [np.asarray(c, dtype=np.float32) for c in clouds], labels
+    label_array = np.zeros(len(labels), dtype=np.int64)
+    for i, label in enumerate(labels):
+        value = _numeric_array(label, f"{path}: label {i}", kinds="iu")
+        if value.size != 1:
+            raise PointDataError(f"{path}: label {i} has {value.size} values, expected one class index")
+        label_array[i] = value.reshape(())
+    return [_numeric_array(c, f"{path}[{i}]").astype(np.float32) for i, c in enumerate(clouds)], label_array
 
 
 def load_scanobjectnn_h5(path: PathLike) -> tuple[list[np.ndarray], np.ndarray]:

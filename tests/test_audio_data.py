@@ -1,7 +1,9 @@
-"""Audio data path: reading, fbank features, SpecAugment, label formats, targets, bad files, synthetic set."""
+"""Audio data path: reading (only the part of a file a clip uses), fbank features, SpecAugment, label formats,
+targets, bad files, synthetic set."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from Audio.audio_io import AudioFileError, read_audio
+from Audio.audio_io import AudioFile, AudioFileError
 from Audio.datamodule import AudioDataModule
 from Audio.dataset import AudioClipDataset, FbankSettings
 from Audio.features import SpecAugment, frames_for, normalize, pad_or_cut, waveform_to_fbank
@@ -20,6 +22,11 @@ from Audio.synthetic import SOUNDS, make_tone_dataset
 from pathway.data import BadSampleError
 
 RATE = 16000
+
+
+def read_audio(path: Path, sample_rate: int) -> torch.Tensor:
+    with AudioFile(path, sample_rate) as audio:
+        return audio.read()
 
 
 def write_wav(path: Path, seconds: float = 0.5, rate: int = RATE, freq: float = 440.0, channels: int = 1) -> Path:
@@ -221,7 +228,7 @@ def test_bad_files_raise_naming_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("policy", ["skip", "error"])
-def test_datamodule_bad_file_policy(tmp_path: Path, policy: str) -> None:
+def test_datamodule_bad_file_policy(tmp_path: Path, policy: str, caplog: pytest.LogCaptureFixture) -> None:
     write_wav(tmp_path / "train" / "a" / "good.wav")
     write_wav(tmp_path / "val" / "a" / "good.wav")
     _bad_files(tmp_path / "train" / "a")
@@ -232,9 +239,11 @@ def test_datamodule_bad_file_policy(tmp_path: Path, policy: str) -> None:
         with pytest.raises(BadSampleError, match=r"(empty|garbage|no_frames|too_short)\.wav: cannot be read"):
             next(iter(dm.train_dataloader()))
         return
-    fbank, target = next(iter(dm.train_dataloader()))
-    assert fbank.shape == (1, 1, 64, 128) and torch.isfinite(fbank).all() and target.tolist() == [0]
-    assert dm.train_set.skipped == 4
+    with caplog.at_level(logging.WARNING, logger="pathway.data"):
+        fbank, target = next(iter(dm.train_dataloader()))  # training replaces each unreadable clip by a readable one
+    assert fbank.shape == (5, 1, 64, 128) and torch.isfinite(fbank).all() and target.tolist() == [0] * 5
+    skipped = sorted(Path(r.getMessage().split()[3]).name for r in caplog.records if "skipping" in r.getMessage())
+    assert skipped == ["empty.wav", "garbage.wav", "no_frames.wav", "too_short.wav"] and dm.train_set.skipped >= 4
 
 
 def test_synthetic_set_is_deterministic_and_fast(tmp_path: Path) -> None:
@@ -258,3 +267,55 @@ def test_stats_cli_function(tmp_path: Path) -> None:
     dm = AudioDataModule(format="folder", root=str(root))
     assert (stats["mean"], stats["std"]) == pytest.approx(fbank_stats(dm.build_dataset("train", augment=False)))
     assert np.isfinite(stats["mean"]) and stats["std"] > 0
+
+
+def _noise_file(path: Path, seconds: float, rate: int) -> Path:
+    data = np.random.default_rng(1).uniform(-0.5, 0.5, size=(int(seconds * rate), 2)).astype(np.float32)
+    sf.write(path, data, rate, subtype="FLOAT")
+    return path
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 12000, 22050, 24000, 44100, 48000])
+def test_a_part_of_a_file_resamples_as_the_whole_file_does(tmp_path: Path, rate: int) -> None:
+    path = _noise_file(tmp_path / "noise.wav", 3.0, rate)
+    whole = read_audio(path, RATE)
+    with AudioFile(path, RATE) as audio:
+        assert audio.length == whole.numel()
+        for start in (0, 12345, audio.length - 3000):  # the last one wraps around the end (the roll)
+            part = audio.read(start, 10480)
+            torch.testing.assert_close(part, whole.roll(-start)[:10480], atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("rate", [RATE, 22050])
+def test_a_long_file_is_read_only_as_far_as_the_clip_needs(tmp_path: Path, rate: int,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clip is its first target_length frames: of a 60-s file only those samples (plus the resampling filter's
+    context) are read, and the clip (with the roll: the part a roll of the whole file brings to the front) is what
+    reading the whole file gives."""
+    path = _noise_file(tmp_path / "long.wav", 60.0, rate)
+    whole = read_audio(path, RATE)
+    fbank = FbankSettings(target_length=64)
+    assert fbank.samples == 10480 and frames_for(fbank.samples, RATE) == 64
+    requested: list[int] = []
+    read = sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda self, frames=-1, **kw: requested.append(frames) or
+                        read(self, frames, **kw))
+    plain = AudioClipDataset([AudioRecord(path, (0,))], 1, multilabel=False, fbank=fbank)
+    rolled = AudioClipDataset([AudioRecord(path, (0,))], 1, multilabel=False, fbank=fbank, train=True, roll=True)
+    np.random.seed(3)
+    clip, rolled_clip = plain[0][0][0], rolled[0][0][0]
+    limit = 10480 * rate // RATE + 2000  # the clip's samples, and whole resampling blocks of context (441 at 22050)
+    assert requested and all(0 < frames <= limit for frames in requested) and sum(requested) <= 2 * limit
+    np.random.seed(3)
+    shift, magnitude = int(np.random.randint(whole.numel())), float(np.random.beta(10, 10) + 0.5)
+    torch.testing.assert_close(clip, fbank(whole[:10480]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(rolled_clip, fbank((whole.roll(shift) * magnitude)[:10480]), atol=1e-4, rtol=0)
+
+
+def test_a_short_file_is_read_whole_and_padded(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "short.wav", seconds=0.5)
+    fbank = FbankSettings(target_length=1024)
+    clip = AudioClipDataset([AudioRecord(path, (0,))], 1, multilabel=False, fbank=fbank)[0][0][0]
+    frames = frames_for(RATE // 2, RATE)
+    assert torch.equal(clip, fbank(read_audio(path, RATE))) and clip.shape == (1024, 128)
+    assert torch.equal(clip[frames:], torch.full_like(clip[frames:], -fbank.mean / (2 * fbank.std)))

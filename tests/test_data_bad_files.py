@@ -1,6 +1,7 @@
 """Bad data never makes a "successful" run (pathway.data): per-epoch skipped metric, one log line per bad file, a
-stop on an epoch without readable samples, on too many unreadable ones and on a split smaller than one batch; and
-evaluation reads only the split it evaluates."""
+stop on an epoch without readable samples, on too many unreadable ones and on a split smaller than one batch;
+evaluation reads only the split it evaluates; images over Pillow's decompression-bomb limit are bad samples naming
+file and limit, and 16-bit images are scaled by their bit depth."""
 from __future__ import annotations
 
 import json
@@ -191,3 +192,62 @@ def test_class_folders_name_the_missing_folder(tmp_path: Path) -> None:
         class_folders(tmp_path / "empty")
     with pytest.raises(FileNotFoundError, match=r"none of the split folders"):
         first_split_folder(tmp_path, ("train", "val"))
+
+
+def _image_data(root: Path, policy: str) -> ImageDataModule:
+    data = ImageDataModule(str(root), img_size=8, num_workers=0, pin_memory=False, batch_size=8, crop_pct=1.0,
+                           interpolation="nearest", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), on_bad_file=policy)
+    data.setup("validate")
+    return data
+
+
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_decompression_bomb_is_a_bad_sample_naming_file_and_limit(tmp_path: Path, policy: str,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Pillow refuses an image over twice MAX_IMAGE_PIXELS (a 196-MP PNG at the default): skipped and named under
+    skip, the run stopped naming it under error; the limit is scaled down so that the test writes a 24x24 PNG."""
+    from PIL import Image
+    _image_folder(tmp_path, "val")
+    Image.new("RGB", (24, 24)).save(tmp_path / "val" / "dog" / "bomb.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 250)
+    data = _image_data(tmp_path, policy)
+    if policy == "error":
+        with pytest.raises(BadSampleError, match=r"bomb\.png.*exceeds limit of 500 pixels.*MAX_IMAGE_PIXELS = 250"):
+            list(data.val_dataloader())
+        return
+    with caplog.at_level(logging.WARNING, logger="pathway.data"):
+        (images, _), = list(data.val_dataloader())
+    assert images.shape[0] == 4 and data.val_set.skipped == 1
+    assert any("bomb.png" in r.getMessage() and "MAX_IMAGE_PIXELS" in r.getMessage() for r in caplog.records)
+
+
+def test_sixteen_bit_png_is_scaled_by_its_bit_depth(tmp_path: Path) -> None:
+    from PIL import Image
+    from Image.datamodule import load_rgb
+    ramp = (np.arange(64, dtype=np.uint32) * 1040).reshape(8, 8).astype(np.uint16)  # 0 .. 65520
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode == "I;16"
+    rgb = np.asarray(load_rgb(str(path)))
+    assert rgb.shape == (8, 8, 3) and rgb.dtype == np.uint8
+    assert np.array_equal(rgb[..., 0], np.round(ramp / 257.0).astype(np.uint8))
+    assert (rgb[..., 0] == rgb[..., 2]).all() and rgb.min() == 0 and rgb.max() == 255 and 100 < rgb.mean() < 155
+    _image_folder(tmp_path / "data", "val")
+    Image.fromarray(ramp).save(tmp_path / "data" / "val" / "cat" / "0.png")
+    images, _ = next(iter(_image_data(tmp_path / "data", "error").val_dataloader()))
+    assert torch.allclose(images[0, 0] * 255, torch.from_numpy(np.round(ramp / 257.0)).float(), atol=1e-3)
+
+
+def test_images_without_a_bit_depth_are_refused_naming_the_file(tmp_path: Path) -> None:
+    from PIL import Image
+    from Image.datamodule import ImageFileError, load_rgb
+    path = tmp_path / "float.tiff"
+    Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)).save(path)
+    with pytest.raises(ImageFileError, match=r"float\.tiff: TIFF image of mode F"):
+        load_rgb(str(path))
+    truncated = tmp_path / "cut.png"
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    with pytest.raises(ImageFileError, match=r"cut\.png: cannot decode image"):
+        load_rgb(str(truncated))

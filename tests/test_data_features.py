@@ -15,7 +15,7 @@ from timm.data.random_erasing import RandomErasing
 
 import Video.dataset as video_dataset
 from Audio.datamodule import AudioDataModule
-from Audio.dataset import roll_magnitude
+from Audio.dataset import draw_roll
 from Audio.labels import AudioRecord, class_balanced_weights
 from Audio.stats import fbank_stats
 from Image.datamodule import ImageDataModule
@@ -93,16 +93,20 @@ def test_audio_datamodule_uses_the_weighted_sampler(tmp_path: Path) -> None:
 
 
 def test_roll_has_a_random_magnitude() -> None:
-    np.random.seed(0)
+    """``draw_roll`` gives where ``wave.roll(shift)`` starts, for the shift and magnitude AudioMAE's roll draws."""
     wave = torch.arange(1.0, 101.0)
-    scales = []
-    for _ in range(5):
-        out = roll_magnitude(wave)
-        scale = float(out.sum() / wave.sum())
-        shift = int(torch.argmin(out))
-        torch.testing.assert_close(out / scale, wave.roll(shift))
+    scales, starts = [], []
+    for seed in range(5):
+        np.random.seed(seed)
+        shift, magnitude = int(np.random.randint(100)), float(np.random.beta(10, 10) + 0.5)
+        np.random.seed(seed)
+        start, scale = draw_roll(100)
+        assert scale == magnitude
+        torch.testing.assert_close(torch.cat([wave[start:], wave[:start]]), wave.roll(shift))
         scales.append(scale)
+        starts.append(start)
     assert all(0.5 <= s <= 1.5 for s in scales) and len(set(scales)) == 5 and all(s != 1.0 for s in scales)
+    assert len(set(starts)) == 5
 
 
 def test_image_random_erasing_is_pixel_mode(tmp_path: Path) -> None:

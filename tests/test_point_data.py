@@ -14,7 +14,7 @@ import torch
 
 from pathway.data import BadSampleError
 from Point.datamodule import PointDataModule, ShapeNetPartDataModule
-from Point.datasets import PointClassificationDataset, normalize_unit_sphere, scale_and_shift
+from Point.datasets import PointClassificationDataset, ShapeNetPartDataset, normalize_unit_sphere, scale_and_shift
 from Point.parts import SHAPENETPART_CATEGORIES
 from Point.readers import PointDataError, read_json_list, read_point_file
 from Point.synthetic import make_shape_dataset, make_shapenetpart_dataset
@@ -129,8 +129,8 @@ def test_shapenetpart_layout(tmp_path: Path) -> None:
     assert dm.num_classes == 50
     dm.setup("fit")
     assert len(dm.train_set) == 4  # train + val lists
-    points, category, parts = dm.val_set[1]
-    assert points.shape == (32, 3) and parts.shape == (32,)
+    points, category, parts, rows = dm.val_set[1]
+    assert points.shape == (32, 3) and parts.shape == (32,) and rows.shape == (32,) and rows.unique().numel() == 32
     assert int(category) == list(SHAPENETPART_CATEGORIES).index("Mug")
     assert set(parts.tolist()) <= {36, 37} and len(set(parts.tolist())) == 2
     (tmp_path / "synsetoffset2category.txt").write_text("Spaceship\t01234567\n")
@@ -231,3 +231,43 @@ def test_split_file_missing_or_broken_names_the_file(tmp_path: Path) -> None:
     broken.write_text("[")
     with pytest.raises(PointDataError, match=r"broken\.json: not valid JSON"):
         read_json_list(broken)
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((3, 512), r"expected an \(N, 3\|6\) array .*got shape \(3, 512\) \(transposed\?"),
+    ((6, 40), r"expected an \(N, 3\|6\) array .*got shape \(6, 40\) \(transposed\?"),
+    ((6, 6), r"shape \(6, 6\) is ambiguous"),
+    ((40, 5), r"expected an \(N, 3\|6\) array .*got shape \(40, 5\)"),
+])
+@pytest.mark.parametrize("suffix", [".npy", ".txt"])
+def test_transposed_or_ambiguous_clouds_are_refused_naming_the_file(tmp_path: Path, shape: tuple[int, int],
+                                                                     message: str, suffix: str) -> None:
+    path = tmp_path / f"cloud{suffix}"
+    values = RNG.normal(size=shape).astype(np.float32)
+    np.save(path, values) if suffix == ".npy" else np.savetxt(path, values)
+    with pytest.raises(PointDataError, match=rf"cloud\{suffix}: {message}"):
+        read_point_file(path)
+
+
+@pytest.mark.parametrize("policy", ["skip", "error"])
+def test_a_transposed_cloud_is_skipped_or_stops_the_run_naming_it(tmp_path: Path, policy: str,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    make_shape_dataset(tmp_path, classes=["sphere", "cube"], per_class=2, points=48)
+    np.save(tmp_path / "test" / "cube" / "transposed.npy", _clouds(1, 48)[0].T)
+    dm = _module(tmp_path, "folder", batch_size=8, on_bad_file=policy)
+    dm.setup("validate")
+    if policy == "error":
+        with pytest.raises(BadSampleError, match=r"transposed\.npy.*\(3, 48\)"):
+            list(dm.val_dataloader())
+        return
+    with caplog.at_level(logging.WARNING, logger="pathway.data"):
+        batches = list(dm.val_dataloader())
+    assert sum(b[0].shape[0] for b in batches) == 4 and dm.val_set.skipped == 1
+    assert any("transposed.npy" in r.getMessage() and "(3, 48)" in r.getMessage() for r in caplog.records)
+
+
+def test_shapenetpart_rows_need_a_part_column(tmp_path: Path) -> None:
+    path = tmp_path / "shape.txt"
+    np.savetxt(path, _clouds(1, 40, 6)[0])
+    with pytest.raises(PointDataError, match=r"shape\.txt: expected an \(N, 4\|7\) array"):
+        ShapeNetPartDataset([path], [0], num_points=32, train=False)[0]

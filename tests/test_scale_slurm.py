@@ -8,6 +8,7 @@ import os
 import runpy
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,10 @@ def test_lightning_reads_world_from_slurm(tmp_path: Path, monkeypatch) -> None:
     assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.accelerator.__class__.__name__ == "CPUAccelerator"
     assert environment.creates_processes_externally  # srun starts the tasks, Lightning must not spawn more
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert trainer.strategy._timeout == timedelta(minutes=10)  # the process-group timeout of ddp_slurm.yaml
+    args += ["--trainer.strategy.init_args.timeout", "0:02:30"]
+    assert run_cli(ImageClassifier, ImageDataModule, args=args, run=False).trainer.strategy._timeout == timedelta(
+        minutes=2, seconds=30)
 
 
 def test_wrong_task_count_is_an_error(monkeypatch) -> None:
