@@ -112,6 +112,11 @@ class AudioDataModule(SplitDataModule):
             raise ValueError(f"format must be 'audioset', 'esc50' or 'folder', got {format!r}")
         self.num_classes = len(self.class_names)
 
+    @property
+    def classes(self) -> list[str]:
+        """Class names by index (AudioSet: ``label_csv``'s display names), for ``predictions.csv`` and exports."""
+        return self.class_names
+
     def split_records(self, split: Literal["train", "val", "test"]) -> list[AudioRecord]:
         """The clips of one split (ESC-50: test = the validation fold; folder: test/ if present, else val/)."""
         hp = self.hparams

@@ -21,7 +21,8 @@ class AudioClassifier(PathwayClassifier):
         embed_dim / depth / num_heads: override the architecture's size (tiny test and demo models).
         target_length / num_mel_bins: the fbank grid (time x mel); the CLI links them from ``data:``.
         drop_path_rate: stochastic depth.
-        pos_embed: ``learn`` (learnable) or ``sincos`` (fixed 2-D sin-cos, frozen).
+        pos_embed: ``learn`` (learnable) or ``sincos`` (fixed 2-D sin-cos, frozen: AudioMAE fine-tuning's, so the
+            paper recipes use it; a target checkpoint's table replaces the computed one).
         mask_t_prob / mask_f_prob: AudioMAE fine-tuning masking: the fraction of time rows / mel columns of patch
             tokens dropped per training sample (``Audio.backbone.forward_with_patch_masking``; 0.2 / 0.2 in its
             AudioSet recipes, 0 = off).  Evaluation always sees every token.

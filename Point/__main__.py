@@ -1,7 +1,10 @@
 """``python -m Point fit|validate|test|predict --config Point/configs/<name>.yaml``: point-cloud classification."""
-from pathway.cli import run_cli
+import pathway.entry  # first: sets the CPU-thread environment before torch loads
+
 from Point.datamodule import PointDataModule
 from Point.model import PointClassifier
+from pathway.cli import run_cli
 
 if __name__ == "__main__":
-    run_cli(PointClassifier, PointDataModule)
+    with pathway.entry.errors_as_messages():
+        run_cli(PointClassifier, PointDataModule, command="Point")

@@ -4,8 +4,9 @@ image/video/audio ViTs of the same width and depth.
 Tokens: farthest point sampling picks ``num_groups`` centres, each centre's ``group_size`` nearest points
 (centred on it) go through a mini-PointNet to one ``embed_dim`` vector, and an MLP on the centre's xyz gives
 the token's position embedding.  As in Point-MAE, the position embedding is added to the input of *every*
-block.  The blocks are timm ``Block``s, so ``blocks.<i>.attn.qkv`` / ``attn.proj`` / ``mlp.fc1`` / ``mlp.fc2``
-are ``nn.Linear`` modules called on the forward path and can be swapped for ``PathwayLinear``.
+block.  The blocks are timm ``Block``s with ``nn.LayerNorm`` (eps 1e-5 as in Point-MAE; timm's default is 1e-6),
+so ``blocks.<i>.attn.qkv`` / ``attn.proj`` / ``mlp.fc1`` / ``mlp.fc2`` are ``nn.Linear`` modules called on the
+forward path and can be swapped for ``PathwayLinear``.
 
 Module names follow Point-MAE's (``encoder.first_conv``, ``pos_embed``, ``cls_pos``, ``norm``) so its
 checkpoints load after a prefix rename (``checkpoint_filter_fn``).
@@ -91,7 +92,8 @@ class PointTransformer(nn.Module):
             self.cls_pos = nn.Parameter(torch.randn(1, 1, embed_dim) * 0.02)
             nn.init.trunc_normal_(self.cls_token, std=0.02)
         self.blocks = nn.ModuleList(
-            Block(embed_dim, size.num_heads, mlp_ratio=size.mlp_ratio, qkv_bias=size.qkv_bias, drop_path=rate)
+            Block(embed_dim, size.num_heads, mlp_ratio=size.mlp_ratio, qkv_bias=size.qkv_bias, drop_path=rate,
+                  norm_layer=nn.LayerNorm)
             for rate in size.drop_path_rates()
         )
         self.norm = nn.LayerNorm(embed_dim)
@@ -155,7 +157,9 @@ class PointTransformer(nn.Module):
         }
 
     def no_weight_decay(self) -> set[str]:
-        return {"cls_token", "cls_pos"}
+        """Point-MAE's ``add_weight_decay`` exempts 1-D parameters, biases and names with ``token``: ``cls_pos``
+        (1, 1, D) is decayed there, so it is here."""
+        return {"cls_token"}
 
 
 def interpolate_features(points: Tensor, centers: Tensor, features: Tensor, k: int = 3) -> Tensor:

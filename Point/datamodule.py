@@ -3,8 +3,8 @@ ShapeNetPart part segmentation.  Layouts are documented in ``Point/README.md``.
 
 Classification formats (``format``):
 
-* ``modelnet40_dat``: Point-MAE's ``<variant>_{train,test}_8192pts_fps.dat`` pickles.  Loading them runs
-  pickle, so they must be files you made or trust.
+* ``modelnet40_dat``: Point-MAE's ``<variant>_{train,test}_8192pts_fps.dat`` pickles, read by an unpickler that
+  builds numpy arrays and lists only (``Point.readers.load_modelnet_dat``): a file naming anything else is refused.
 * ``modelnet40_txt``: ``modelnet40_normal_resampled``: ``<variant>_shape_names.txt``,
   ``<variant>_{train,test}.txt`` and ``<class>/<class>_0001.txt`` rows ``x,y,z,nx,ny,nz``.
 * ``scanobjectnn``: the h5 files of variant ``hardest`` (PB_T50_RS), ``objbg`` or ``objonly``.

@@ -8,13 +8,13 @@ as the target through ``Point.backbone.checkpoint_filter_fn`` (as auxiliary mode
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pathway.classifier import PathwayClassifier
+from pathway.classifier import PathwayClassifier, check_finite_outputs
 from pathway.module import PathwayModule
 from pathway.size import TransformerSize
 from Point.backbone import PointPartSegmenter, PointTransformer, checkpoint_filter_fn
@@ -31,7 +31,8 @@ class PointModule(PathwayModule):
             heads of M2PT's widened Point-MAE, whose weights 12 heads would load without error and misread).
         qkv_bias: Point-MAE has none; the pathway works either way.
         drop_path_rate: stochastic depth; head_dropout: dropout in the head.
-    Remaining arguments go to ``PathwayModule`` (point defaults: no layer decay, 10 warmup epochs).
+    Remaining arguments go to ``PathwayModule`` (point defaults: no layer decay, Point-MAE's schedule: timm's
+    cosine stepped per epoch, 10 warmup epochs from 1e-6).
     """
 
     def __init__(
@@ -47,9 +48,12 @@ class PointModule(PathwayModule):
         head_dropout: float = 0.5,
         layer_decay: float = 1.0,
         warmup_epochs: float = 10.0,
+        lr_schedule: Literal["mae", "videomae", "point_mae"] = "point_mae",
+        warmup_lr: float = 1e-6,
         **kwargs: Any,
     ) -> None:
-        super().__init__(layer_decay=layer_decay, warmup_epochs=warmup_epochs, **kwargs)
+        super().__init__(layer_decay=layer_decay, warmup_epochs=warmup_epochs, lr_schedule=lr_schedule,
+                         warmup_lr=warmup_lr, **kwargs)
 
     def backbone_arguments(self) -> dict[str, Any]:
         """``PointTransformer`` keywords from the flat hyper-parameters (every point backbone takes them)."""
@@ -58,6 +62,10 @@ class PointModule(PathwayModule):
                     head_dropout=hp.head_dropout)
 
     checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
+
+    def is_tokenizer_key(self, key: str) -> bool:
+        """The mini-PointNet that embeds each group and the centres' position MLP: what a target must fill."""
+        return key.startswith(("encoder.", "pos_embed."))
 
 
 class PointClassifier(PointModule, PathwayClassifier):
@@ -132,15 +140,14 @@ class PointSegmenter(PointModule):
         return F.cross_entropy(logits.float().flatten(0, 1), parts.flatten(), label_smoothing=smoothing)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        if batch is None:  # every sample of the batch was unreadable and skipped
-            return self.skipped_batch_loss()
-        points, category, parts = batch
+        points, category, parts = batch[:3]
         return self.log_train_loss(self.loss(self(points, category), parts, self.hparams.label_smoothing),
                                    points.shape[0])
 
     def eval_step(self, batch: Any, stage: str) -> None:
-        points, category, parts = batch
+        points, category, parts = batch[:3]
         logits = self(points, category)
+        check_finite_outputs(self, logits, stage)
         self.log(f"{stage}/loss", self.loss(logits, parts), sync_dist=True, batch_size=points.shape[0])
         (self.val_iou if stage == "val" else self.test_iou).update(logits, category, parts)
 
@@ -156,7 +163,11 @@ class PointSegmenter(PointModule):
     def on_test_epoch_end(self) -> None:
         self._log_iou("test")
 
-    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """Part id per point (B, N), chosen among the parts of each cloud's category."""
-        points, category = batch[0], batch[1]
-        return restrict_to_category(self(points, category), category, self.val_iou.part_mask)
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        """Part id per point (B, N), chosen among the parts of each cloud's category, with the points' file rows
+        and true parts (``pathway.callbacks.PredictionWriter`` writes one row per point)."""
+        points, category, parts, rows = batch
+        logits = self(points, category)
+        check_finite_outputs(self, logits, "predict")
+        prediction = restrict_to_category(logits, category, self.val_iou.part_mask)
+        return {"prediction": prediction, "point": rows, "label": parts}

@@ -10,10 +10,11 @@ pure-torch implementation with the same semantics, so the same input gives the s
 * kNN returns squared distances in ascending order and the matching indices.  The order among exactly
   equal distances is unspecified (as in pytorch3d).
 
-Which backend runs is decided once at import, logged once at the first call and exposed as ``BACKEND``
-(``"pytorch3d"`` or ``"torch"``).  ``torch.export`` (and the ONNX export built on it) always traces the pure-torch
-path: pytorch3d's ops are opaque extension calls that read tensor values on the host, which export cannot trace,
-and the torch path gives the same indices, so an exported model computes what the eager one does.
+Which backend runs is decided once at import, logged at the first call in the main process (not again in each
+DataLoader worker) and exposed as ``BACKEND`` (``"pytorch3d"`` or ``"torch"``).  ``torch.export`` (and the ONNX
+export built on it) always traces the pure-torch path: pytorch3d's ops are opaque extension calls that read tensor
+values on the host, which export cannot trace, and the torch path gives the same indices, so an exported model
+computes what the eager one does.
 """
 from __future__ import annotations
 
@@ -43,8 +44,9 @@ _KNN_CHUNK_ELEMENTS = 1 << 14  # 64 KB of fp32 per cloud and buffer: 2 MB each a
 
 
 def _log_backend_once() -> None:
+    """Log the backend once per run: in the main process, not again in each DataLoader worker that samples points."""
     global _backend_logged
-    if not _backend_logged:
+    if not _backend_logged and torch.utils.data.get_worker_info() is None:
         _backend_logged = True
         log.info("Point.ops: FPS and kNN run on the %s backend", BACKEND)
 

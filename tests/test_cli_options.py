@@ -1,5 +1,6 @@
-"""CLI defaults a user meets: the progress bar they pick, CSV + TensorBoard loggers, a refused ``--optimizer``,
-``python -m pathway --help``, exported files that respect the umask, and ``predictions.csv`` from ``predict``."""
+"""CLI defaults a user meets: the progress bar they pick (whole lines in a file), CSV + TensorBoard loggers, a refused
+``--optimizer``, ``python -m pathway --help``, exported files that respect the umask, and ``predictions.csv`` from
+``predict``."""
 from __future__ import annotations
 
 import csv
@@ -21,6 +22,7 @@ from Image.model import ImageClassifier
 from pathway.atomic import atomic_write
 from pathway.cli import run_cli
 from pathway.export import export_checkpoint
+from pathway.progress import LineProgressBar
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,8 +46,11 @@ def test_progress_bar_is_the_users_choice(digits_root: Path, aux_ckpt: Path, tmp
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     args = _args(digits_root, aux_ckpt, tmp_path)
     default = [c for c in _cli(args, monkeypatch).trainer.callbacks if isinstance(c, ProgressBar)]
+    assert [type(c) for c in default] == [LineProgressBar]  # pytest's stdout is no terminal: whole lines
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    default = [c for c in _cli(args, monkeypatch).trainer.callbacks if isinstance(c, ProgressBar)]
     assert len(default) == 1 and isinstance(default[0], TQDMProgressBar)
-    assert default[0]._leave  # one line per epoch with its val metrics stays in a SLURM .out file
+    assert default[0]._leave  # on a terminal, one line per epoch with its val metrics stays
     rich = _cli(args + ["--trainer.callbacks+=RichProgressBar"], monkeypatch).trainer.callbacks
     assert [type(c) for c in rich if isinstance(c, ProgressBar)] == [RichProgressBar]
     off = _cli(args + ["--trainer.enable_progress_bar", "false"], monkeypatch).trainer
@@ -128,7 +133,7 @@ def test_last_checkpoint_is_the_last_epoch_even_without_improvement(
     cli = _cli(args, monkeypatch)
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     callback = cli.trainer.checkpoint_callback
-    assert Path(callback.best_model_path).name == "best-0-1.ckpt"  # no improvement after epoch 0
+    assert Path(callback.best_model_path).name.startswith("best-epoch=0-val_acc1=")  # no improvement after epoch 0
     last = torch.load(callback.last_model_path, weights_only=False)
     assert (last["epoch"], last["global_step"]) == (2, 3)
 

@@ -25,7 +25,7 @@ CONFIGS = sorted(ROOT.glob("*/configs/*.yaml"))
 OVERLAYS = [p for p in CONFIGS if p.stem.endswith("_pathway")]
 RECIPES = [p for p in CONFIGS if p not in OVERLAYS]
 # What a pathway overlay may set: everything else comes from its recipe, so the two runs cannot drift apart.
-OVERLAY_KEYS = {"trainer.default_root_dir", "model.aux_ckpts", "model.aux_trainable", "model.lambda_init"}
+OVERLAY_KEYS = {"overlay_of", "trainer.default_root_dir", "model.aux_ckpts", "model.aux_trainable", "model.lambda_init"}
 EFFECTIVE_BATCH = re.compile(r"Effective batch = .*?= (\d+) x (\d+) x (\d+) = (\d+)", re.S)
 
 
@@ -71,13 +71,19 @@ def test_every_modality_ships_configs() -> None:
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: f"{p.parent.parent.name}/{p.name}")
 def test_recipe_parses_and_states_its_effective_batch(recipe: Path, capsys, monkeypatch) -> None:
     config = _print_config([recipe], capsys, monkeypatch)
+    entry = "Point.seg" if _classes(recipe)[0] is PointSegmenter else recipe.parent.parent.name
+    assert config["entry_point"] == entry, f"{recipe.name}: entry_point (read by train.sbatch) must be {entry}"
+    trainer = config["trainer"]
+    as_written = (config["data"]["batch_size"] * trainer["devices"] * trainer.get("num_nodes", 1)
+                  * trainer.get("accumulate_grad_batches", 1))
+    assert config["model"]["recipe_batch_size"] == as_written, \
+        f"{recipe.name}: model.recipe_batch_size must be the effective batch the config runs at ({as_written})"
     if recipe.stem.startswith("demo"):
         return
     assert config["model"]["aux_ckpts"] == [], f"{recipe.name}: a recipe alone is the baseline"
     stated = EFFECTIVE_BATCH.search(recipe.read_text())
     assert stated, f"{recipe.name}: the header must state 'Effective batch = ... = A x B x C = N'"
     per_device, devices, accumulate, total = map(int, stated.groups())
-    trainer = config["trainer"]
     assert per_device == config["data"]["batch_size"], recipe.name
     assert devices == trainer["devices"] * trainer["num_nodes"], recipe.name
     assert accumulate == trainer["accumulate_grad_batches"], recipe.name
@@ -90,8 +96,10 @@ def test_pathway_overlay_changes_only_the_pathway(overlay: Path, capsys, monkeyp
     assert recipe.is_file(), f"{overlay.name} has no recipe {recipe.name}"
     changed = set(_flat(yaml.safe_load(overlay.read_text())))
     assert changed <= OVERLAY_KEYS, f"{overlay.name} sets {sorted(changed - OVERLAY_KEYS)}: that belongs in the recipe"
+    assert yaml.safe_load(overlay.read_text())["overlay_of"] == recipe.name, f"{overlay.name} must name its recipe"
     combined = _flat(_print_config([recipe, overlay], capsys, monkeypatch))
     assert combined["model.aux_ckpts"], overlay.name
+    assert combined["overlay_of"] is None, "the combined config is a whole recipe: usable alone"
     assert combined["model.aux_trainable"] is True, f"{overlay.name}: the paper's method trains the aux weights"
 
 
@@ -110,3 +118,10 @@ def test_point_modules_default_to_the_reference_heads(module: type) -> None:
     parser.add_class_arguments(module, "model")  # the defaults LightningCLI resolves (through the base classes)
     defaults = parser.get_defaults().model
     assert (defaults.embed_dim, defaults.num_heads) == (768, 6)
+
+
+@pytest.mark.parametrize("demo", [p for p in RECIPES if p.stem.startswith("demo")],
+                         ids=lambda p: f"{p.parent.parent.name}/{p.name}")
+def test_demo_configs_show_progress(demo: Path) -> None:
+    """A demo runs for minutes: it shows progress (whole lines in a log file, see ``pathway.progress``)."""
+    assert yaml.safe_load(demo.read_text())["trainer"].get("enable_progress_bar", True) is not False

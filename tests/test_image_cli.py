@@ -69,7 +69,11 @@ def test_run_cli_links_num_classes(
 def test_fit_then_test_subprocess(digits_root: Path, aux_ckpt: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     common = _tiny_overrides(digits_root, aux_ckpt, out)
-    _finish(_python_m_image("fit", *common, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1"))
+    output = _finish(_python_m_image("fit", *common, "--trainer.max_steps", "2", "--trainer.limit_val_batches", "1",
+                                     "--trainer.accumulate_grad_batches", "2"))
+    # demo.yaml is written for an effective batch of 64 with an absolute lr: the run's 8 x 2 = 16 is reported
+    assert "batch: 8 per device x 1 device(s) x 1 node(s) x 2 accumulation = 16 effective (recipe: 64)" in output
+    assert "differs from the recipe's 64 (model.recipe_batch_size); lr was NOT scaled" in output
     (last,) = out.rglob("last.ckpt")
     checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     assert checkpoint["global_step"] == 2

@@ -1,6 +1,7 @@
 """Each modality's demo config, run the way users run it: ``python -m <Modality> fit`` on 2 processes (gloo DDP on
 CPU) with every default on (loggers, λ monitor, merged export, checkpointing, progress bar), then ``validate``,
-``test`` and ``predict`` on the result and ``python -m pathway export`` of it.
+``test`` and ``predict`` on the result and ``python -m pathway export`` of it; and a fit in which every file of one
+rank's batch is unreadable.
 
 Every command runs in its own process group under a watchdog: a run that exceeds its time is killed as a whole
 (``os.killpg``) and fails the test, so a DDP deadlock fails CI instead of hanging it.  Data and aux checkpoints are
@@ -38,11 +39,13 @@ SHORT = ["--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1
 RUN_TIMEOUT_S = 300.0  # ~20 s each on 2 idle cores; generous for a loaded CI machine, still ends a deadlock
 
 
-def run_watched(cmd: list[str], cwd: Path, timeout: float = RUN_TIMEOUT_S) -> str:
-    """Run ``cmd`` in a new session; on timeout kill its whole process group (DDP ranks included) and fail."""
+def run_watched(cmd: list[str], cwd: Path, timeout: float = RUN_TIMEOUT_S, expect: int = 0) -> str:
+    """Run ``cmd`` in a new session; on timeout kill its whole process group (DDP ranks included) and fail; an exit
+    code other than ``expect`` fails too."""
     log_path = cwd / f"cmd-{time.monotonic_ns()}.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH")]))}
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), str(REPO), str(REPO / "tests"),
+                                                       os.environ.get("PYTHONPATH")]))}
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -60,7 +63,7 @@ def run_watched(cmd: list[str], cwd: Path, timeout: float = RUN_TIMEOUT_S) -> st
     shown = " ".join(cmd[1:])
     if timed_out:
         pytest.fail(f"`{shown}` did not finish within {timeout:.0f} s (deadlock?); killed. Output:\n{output[-6000:]}")
-    assert proc.returncode == 0, f"`{shown}` exited with {proc.returncode}:\n{output[-6000:]}"
+    assert proc.returncode == expect, f"`{shown}` exited with {proc.returncode}:\n{output[-6000:]}"
     return output
 
 
@@ -163,3 +166,23 @@ def test_demo_config_on_two_processes(name: str, tmp_path: Path) -> None:
     assert len({row["sample"] for row in rows}) == len(rows)  # each sample once, views and ranks merged
     run_watched([sys.executable, "-m", "pathway", "export", str(last), "--out", str(tmp_path / "export")], tmp_path)
     assert (tmp_path / "export" / "model.safetensors").stat().st_size > 0
+
+
+def test_a_rank_whose_whole_batch_is_unreadable_keeps_in_step(tmp_path: Path) -> None:
+    """With ``on_bad_file: skip`` (the default), every file of rank 1's first batch unreadable: the run must not hang
+    (a rank left without a batch skipped the step its peer took, whose gradient all-reduce then waited forever); the
+    files are counted as skipped and the run trains every step on both ranks."""
+    from _scale_utils import augmented_fit_args, save_aux
+    from Image.synthetic import make_image_dataset
+
+    root = make_image_dataset(tmp_path / "data", classes=3, per_class=8)
+    files = sorted((root / "train").rglob("*.png"))  # ImageFolder's order
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()  # DistributedSampler
+    for index in order[1::2][:2]:  # rank 1's first batch of 2
+        files[index].write_bytes(b"not an image")
+    args = augmented_fit_args(tmp_path, root, save_aux(tmp_path / "aux.pt"), "run", epochs=1)
+    output = run_watched([sys.executable, "-m", "Image", *args, *DDP, "--data.max_bad_fraction", "0.2"], tmp_path,
+                         timeout=180.0)
+    assert "train split: 2 of 24 samples unreadable and skipped this epoch" in output  # summed over the ranks
+    last = torch.load(find_one(tmp_path / "run", "last.ckpt"), weights_only=True)
+    assert last["global_step"] == len(files) // 4  # 24 images / (2 ranks x batch 2): no step skipped

@@ -2,6 +2,7 @@
 and the paper's trained aux), the callbacks, reloading trained checkpoints, mixup/cutmix and multi-view evaluation."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from pathway import CheckpointError, PathwayLinear, pathway_layers, reparameteri
 from pathway.callbacks import LambdaMonitor, MergedCheckpoint
 from pathway.mixup import BatchMixup
 from pathway.module import PathwayModule
-from pathway.optim import layer_decay_param_groups, warmup_cosine_factor
+from pathway.optim import layer_decay_param_groups, mae_lr_factor
 
 LR = 1e-3
 MIN_LR = 1e-5
@@ -29,10 +30,10 @@ LAYER_DECAY = 0.5
 
 
 # --- optimizer and schedule helpers ---------------------------------------------------------------------------
-def test_warmup_cosine_factor_shape() -> None:
+def test_mae_lr_factor_shape() -> None:
     warmup, total, floor = 4, 14, 0.01
-    factors = [warmup_cosine_factor(s, warmup, total, floor) for s in range(total + 3)]
-    assert factors[:warmup] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    factors = [mae_lr_factor(s, warmup, total, floor) for s in range(total + 3)]
+    assert factors[:warmup] == pytest.approx([0.0, 0.25, 0.5, 0.75]), "MAE warms up from lr 0 at the first step"
     assert factors[warmup] == pytest.approx(1.0)
     decay = factors[warmup:total + 1]
     assert all(a > b for a, b in zip(decay, decay[1:])), "cosine part must decrease strictly"
@@ -40,7 +41,7 @@ def test_warmup_cosine_factor_shape() -> None:
     assert factors[middle] == pytest.approx(floor + (1 - floor) * 0.5)
     assert factors[total] == pytest.approx(floor)
     assert factors[total + 2] == pytest.approx(floor), "after the schedule the factor stays at min_ratio"
-    assert warmup_cosine_factor(0, 0, 10, 0.0) == pytest.approx(1.0)
+    assert mae_lr_factor(0, 0, 10, 0.0) == pytest.approx(1.0)
 
 
 def test_layer_decay_param_groups_scales() -> None:
@@ -149,9 +150,9 @@ def test_optimizer_state_has_no_aux_weights(trained: Trained) -> None:
 def test_layer_decay_and_schedule_are_applied(trained: Trained) -> None:
     records = trained.recorder.records
     assert [step for step, _, _ in records] == [0, 1]
-    total, warmup = 2, 0
+    total, floor = 2, MIN_LR / LR
     for step, lrs, scales in records:
-        factor = warmup_cosine_factor(step, warmup, total, MIN_LR / LR)
+        factor = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * step / total))  # no warmup: MAE's cosine
         assert lrs == pytest.approx([LR * s * factor for s in scales], rel=1e-6)
     assert records[1][1][0] < records[0][1][0], "the cosine schedule did not lower the lr"
     optimizer = trained.trainer.optimizers[0]
@@ -318,17 +319,20 @@ def test_head_init_std_reinitialises_the_head_after_loading_the_target(tmp_path:
 
 
 def test_lr_schedule_per_epoch(tmp_path: Path, digits_root: Path) -> None:
-    """Point-MAE steps its cosine once per epoch: the lr is constant within an epoch."""
+    """Point-MAE steps timm's cosine once per epoch, after it: the lr is constant within an epoch, epoch 0 runs at
+    the warmup start and epoch e at the scheduler's value for e - 1."""
     recorder = _RecordLR()
-    model = _model([], lr_schedule_interval="epoch")
-    _fit(model, digits_root, tmp_path, callbacks=(recorder,), max_steps=-1, max_epochs=2, limit_train_batches=2)
+    model = _model([], lr_schedule="point_mae", warmup_epochs=1, warmup_lr=1e-6)
+    _fit(model, digits_root, tmp_path, callbacks=(recorder,), max_steps=-1, max_epochs=3, limit_train_batches=2)
     lrs = [lrs[0] for _, lrs, _ in recorder.records]
-    assert len(lrs) == 4
-    assert lrs[0] == lrs[1] and lrs[2] == lrs[3] and lrs[2] < lrs[0]
-    scale = recorder.records[0][2][0]
-    assert lrs[2] == pytest.approx(LR * scale * warmup_cosine_factor(1, 0, 2, MIN_LR / LR))
-    with pytest.raises(ValueError, match="lr_schedule_interval"):
-        _model([], lr_schedule_interval="batch")
+    scale = recorder.records[0][2][0]  # timm multiplies the whole schedule by each group's lr_scale
+    assert scale < 1
+    cosine_at_1 = MIN_LR + 0.5 * (LR - MIN_LR) * (1 + math.cos(math.pi * 1 / 3))
+    assert lrs == pytest.approx([scale * v for v in [1e-6] * 4 + [cosine_at_1] * 2], rel=1e-9)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        _model([], lr_schedule="batch")
+    with pytest.raises(ValueError, match="warmup_lr"):
+        _model([], warmup_lr=1e-6)
 
 
 def test_store_aux_in_checkpoint_keeps_aux(aux_ckpt: Path) -> None:
@@ -443,15 +447,6 @@ def test_ema_callback_averages_a_pathway_model(digits_root: Path, aux_ckpt: Path
     assert not torch.equal(layer.lambdas.detach(), last.value)  # an average, not the last step's λ
     assert layer.lambdas.abs().max() > 0
     assert torch.equal(layer.aux_weight_0, aux_before)  # frozen aux untouched by averaging
-
-
-def test_all_bad_batch_is_a_zero_step_not_a_skipped_one() -> None:
-    """A batch with no readable sample gives a zero loss that reaches every trainable parameter (DDP-safe)."""
-    model = _model([])
-    loss = model.training_step(None, 0)
-    assert loss.item() == 0.0
-    loss.backward()
-    assert all(p.grad is not None and not p.grad.any() for p in model.parameters() if p.requires_grad)
 
 
 def test_dataloader_workers_get_distinct_numpy_streams(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ every argument), the other tools answer ``--help``.  Running them for real is th
 export tests; this catches a renamed config, option or module the moment a README goes stale.
 
 The README's two set-up commands are run by ``.ci/run`` itself, and ``python -m demo`` by ``tests/test_demo.py``.
+Also checked: every relative link of the READMEs reaches an existing file and heading (benchmark figures live in
+benchmarks/README.md, linked by section), and README.md's table of configs names every shipped config.
 """
 from __future__ import annotations
 
@@ -51,6 +53,53 @@ COMMANDS = _commands()
 def test_readmes_show_commands_of_every_entry_point() -> None:
     shown = {argv[1] for _, argv in COMMANDS if argv[0] == "-m"}
     assert set(ENTRY_POINTS) | {"pathway", "demo.data", "Audio.stats"} <= shown, shown
+
+
+def _outside_code(readme: Path) -> list[tuple[int, str]]:
+    """``(line number, line)`` of a README outside its fenced code blocks."""
+    lines, in_block = [], False
+    for number, line in enumerate(readme.read_text().splitlines(), 1):
+        if line.startswith("```"):
+            in_block = not in_block
+        elif not in_block:
+            lines.append((number, line))
+    return lines
+
+
+def _anchors(readme: Path) -> set[str]:
+    """GitHub's anchors of a README's headings: lower case, punctuation dropped, spaces as hyphens."""
+    return {re.sub(r"[^\w\- ]", "", line.lstrip("#").strip().lower()).replace(" ", "-")
+            for _, line in _outside_code(readme) if line.startswith("#")}
+
+
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+
+
+def test_readme_links_point_at_files_and_headings_that_exist() -> None:
+    """Benchmark figures live in benchmarks/README.md and the READMEs link to its sections: a renamed file or
+    heading must fail here, not leave a newcomer at a dead link."""
+    broken = []
+    for readme in [*READMES, REPO / "benchmarks" / "README.md"]:
+        for number, line in _outside_code(readme):
+            for target in LINK.findall(line):
+                if "://" in target or target.startswith("mailto:"):
+                    continue
+                path, _, anchor = target.partition("#")
+                file = (readme.parent / path).resolve() if path else readme
+                if not file.exists():
+                    broken.append(f"{readme.relative_to(REPO)}:{number}: {target} (no such file)")
+                elif anchor and file.suffix == ".md" and anchor not in _anchors(file):
+                    broken.append(f"{readme.relative_to(REPO)}:{number}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
+
+
+def test_readme_config_table_lists_every_config() -> None:
+    """README.md's table of configs (config, what it runs, hardware, time) names every shipped config."""
+    table = {match for _, line in _outside_code(REPO / "README.md") if line.startswith("| `")
+             for match in re.findall(r"^\| `([^`]+\.yaml)`", line)}
+    shipped = {str(path.relative_to(REPO)) for path in REPO.glob("*/configs/*.yaml")}
+    assert shipped, "no configs found"
+    assert table == shipped, f"missing from README.md: {sorted(shipped - table)}; not shipped: {sorted(table - shipped)}"
 
 
 @pytest.mark.parametrize("where, argv", COMMANDS, ids=[where for where, _ in COMMANDS])

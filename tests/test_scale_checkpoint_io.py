@@ -1,6 +1,7 @@
 """Atomic checkpoint writes, the CLI's default CheckpointIO, and which file ``--ckpt_path last`` resumes from."""
 from __future__ import annotations
 
+import errno
 import os
 import time
 from pathlib import Path
@@ -11,6 +12,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 import pathway.atomic
 import pathway.checkpoint_io as checkpoint_io
+from pathway.checkpoint import CheckpointError
 from pathway.checkpoint_io import AtomicCheckpointIO
 from pathway.resume import resolve_last_checkpoint
 
@@ -20,8 +22,8 @@ def test_crash_in_the_middle_of_save_keeps_the_previous_checkpoint(tmp_path: Pat
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"global_step": 1, "w": torch.ones(4)}, path)
 
-    def crash(obj, file) -> None:  # half the bytes reach the disk, then the process "dies"
-        Path(file).write_bytes(b"PK\x03\x04 truncated")
+    def crash(obj, fh) -> None:  # half the bytes reach the disk, then the process "dies"
+        fh.write(b"PK\x03\x04 truncated")
         raise OSError("simulated crash during save")
 
     monkeypatch.setattr(checkpoint_io.torch, "save", crash)
@@ -48,6 +50,49 @@ def test_save_replaces_atomically_and_fsyncs(tmp_path: Path, monkeypatch) -> Non
     assert len(synced) >= 2
     with pytest.raises(TypeError, match="storage_options"):
         io.save_checkpoint({"global_step": 3}, path, storage_options={"x": 1})
+
+
+def test_disk_full_names_enospc_and_the_checkpoint(tmp_path: Path) -> None:
+    # The temporary file the write goes to is a link to /dev/full: every write fails with ENOSPC, as on a full disk.
+    # torch.save alone reports that as "RuntimeError: unexpected pos", naming neither the cause nor the file.
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(4)}, path)
+    (tmp_path / f".last.ckpt.tmp-{os.getpid()}").symlink_to("/dev/full")
+    with pytest.raises(OSError, match=r"ENOSPC: no space left .* checkpoint .*last\.ckpt") as info:
+        io.save_checkpoint({"global_step": 2, "w": torch.zeros(256, 256)}, path)
+    assert info.value.errno == errno.ENOSPC
+    assert io.load_checkpoint(path)["global_step"] == 1  # the previous checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+@pytest.mark.parametrize("content", [b"", b"hello\n", b"PK\x03\x04 truncated zip"])
+def test_unreadable_checkpoint_is_named(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "broken.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"{path}: (is empty|not a readable Lightning checkpoint)"):
+        AtomicCheckpointIO().load_checkpoint(path)
+
+
+def test_load_is_weights_only_unless_trusted(tmp_path: Path) -> None:
+    path = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "module": torch.nn.Linear(2, 2)}, path)  # a pickled module: needs full pickle
+    with pytest.raises(CheckpointError, match="trust_pickle"):
+        AtomicCheckpointIO().load_checkpoint(path)
+    assert isinstance(AtomicCheckpointIO(trust_pickle=True).load_checkpoint(path)["module"], torch.nn.Linear)
+    assert isinstance(AtomicCheckpointIO().load_checkpoint(path, weights_only=False)["module"], torch.nn.Linear)
+    with pytest.raises(CheckpointError, match="is a URL"):
+        AtomicCheckpointIO().load_checkpoint("http://127.0.0.1:9/x.ckpt")
+
+
+def test_rng_states_load_weights_only(tmp_path: Path) -> None:
+    import numpy as np
+
+    path = tmp_path / "rng.ckpt"
+    state = np.random.RandomState(0).get_state()
+    torch.save({"rng": {"numpy": state}, "score": np.float64(0.5)}, path)
+    loaded = AtomicCheckpointIO().load_checkpoint(path)
+    assert np.array_equal(loaded["rng"]["numpy"][1], state[1]) and loaded["score"] == 0.5
 
 
 def _touch(path: Path, age: float) -> Path:

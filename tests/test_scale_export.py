@@ -1,7 +1,9 @@
-"""``python -m pathway export``: merged plain weights (strict timm load), a torch.export program, the sidecar, and a
-loud failure when an export does not reproduce the checkpoint."""
+"""``python -m pathway export``: merged plain weights (strict timm load), a torch.export program, the sidecar, a
+loud failure when an export does not reproduce the checkpoint, and an export folder that is replaced whole or not at
+all."""
 from __future__ import annotations
 
+import errno
 import json
 import runpy
 import sys
@@ -36,6 +38,7 @@ def test_export_writes_verified_plain_model(trained, tmp_path: Path) -> None:
     assert sidecar["source_sha256"] == file_sha256(str(ckpt))
     assert sidecar["lambda"]["count"] == 8 and sidecar["lambda"]["mean_abs"] > 1e-3  # the pathway was trained
     assert sorted(sidecar["files"].values()) == ["model.pt2", "model.safetensors"]  # onnx is not installed here
+    assert "'onnx' package is not installed" in sidecar["skipped"]["onnx"]
 
     hp = TINY_IMAGE_MODEL
     plain = timm.create_model(hp["model_name"], num_classes=3, img_size=hp["img_size"], global_pool="avg",
@@ -98,3 +101,44 @@ def test_base_module_without_example_input_shape_says_what_to_add() -> None:
 
     with pytest.raises(NotImplementedError, match="example_input_shape"):
         PathwayModule.example_input_shape(object.__new__(PathwayModule))
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_failed_export_leaves_the_old_export_untouched(trained, tmp_path: Path, monkeypatch, capsys) -> None:
+    ckpt, _, _ = trained
+    out = tmp_path / "export"
+    export.export_checkpoint(ckpt, out, onnx=False)
+    for path in out.iterdir():  # an old export of other weights: whatever the new one writes differs from it
+        path.write_bytes(b"old " + path.name.encode())
+    before = _folder_bytes(out)
+
+    def disk_full(plain, module, inputs, path):  # the second file: model.safetensors is already written
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(export, "write_torch_export", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export.export_checkpoint(ckpt, out, onnx=False)
+    assert _folder_bytes(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no temporary folder left behind
+    assert pathway_main(["export", str(ckpt), "--out", str(out), "--no-onnx"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert _folder_bytes(out) == before
+
+
+def test_export_replaces_an_old_export_whole_and_refuses_other_folders(trained, tmp_path: Path) -> None:
+    ckpt, _, _ = trained
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.onnx").write_bytes(b"an old onnx file the new export does not write")
+    export.export_checkpoint(ckpt, out, onnx=False)
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.pt2", "model.safetensors"]
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.ckpt").write_bytes(b"a checkpoint")
+    with pytest.raises(FileExistsError, match=r"holds files an export does not write \(last.ckpt\)"):
+        export.export_checkpoint(ckpt, run, onnx=False)
+    assert sorted(p.name for p in run.iterdir()) == ["last.ckpt"]

@@ -13,7 +13,7 @@ import torch
 
 from _scale_utils import save_aux, tiny_image_fit_config
 from Image.synthetic import make_image_dataset
-from pathway.resume import resolve_last_checkpoint
+from pathway.resume import EXIT_SIGTERM, resolve_last_checkpoint
 
 TESTS = Path(__file__).resolve().parent
 BATCHES_PER_EPOCH = 240  # 3 classes x 160 images / batch 2
@@ -25,7 +25,7 @@ def write_config(tmp_path: Path) -> Path:
         tmp_path, root, save_aux(tmp_path / "aux.pt"),
         trainer=dict(accelerator="cpu", max_steps=100000, enable_progress_bar=False, num_sanity_val_steps=0,
                      limit_val_batches=2),
-        model=dict(lr=5.0e-3, warmup_epochs=0.5),
+        model=dict(lr=5.0e-3, warmup_epochs=0.0),  # MAE's warmup runs step 0 at lr 0: λ must move from step 1
         # monitor: Lightning 2.6 defers step checkpoints until the monitored val metric exists
         checkpoint=dict(every_n_train_steps=1, monitor=None),
         lambda_monitor=dict(heatmap=False),
@@ -85,7 +85,7 @@ def test_sigkill_then_sigterm_then_resume(tmp_path: Path) -> None:
     wait_for(lambda: torch.load(resolve_last_checkpoint(str(root)), weights_only=False)["global_step"] > step_a + 2,
              second)
     second.send_signal(signal.SIGTERM)  # Lightning stops after the batch; SigtermCheckpoint writes last.ckpt
-    assert second.wait(60) == 0
+    assert second.wait(60) == EXIT_SIGTERM  # 143: stopped, not finished
     terminated_at = resolve_last_checkpoint(str(root))
     assert Path(terminated_at).parent != Path(killed_at).parent  # a new logger version, still found
 

@@ -46,7 +46,7 @@ def test_template_directives(tmp_path: Path) -> None:
     for directive in ("#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8", "#SBATCH --signal=SIGUSR1@90",
                       "#SBATCH --requeue", "exec srun"):
         assert directive in text, f"{TEMPLATE.name} lacks {directive!r}"
-    args = fit_args(template_srun_args(tmp_path, "Image/configs/x.yaml", FAKE_SLURM, "--data.root", "/d"))
+    args = fit_args(template_srun_args(tmp_path, "Image/configs/demo.yaml", FAKE_SLURM, "--data.root", "/d"))
     assert args[args.index("--ckpt_path") + 1] == "last"
     assert args[args.index("--trainer.devices") + 1] == "8" and args[args.index("--trainer.num_nodes") + 1] == "2"
     assert args[-2:] == ["--data.root", "/d"], "extra arguments come last, so they override the template's"
@@ -55,7 +55,7 @@ def test_template_directives(tmp_path: Path) -> None:
 @pytest.mark.parametrize("gpus, accelerator", [(None, "cpu"), ("0", "cpu"), ("8", "gpu")])
 def test_accelerator_follows_the_allocation(tmp_path: Path, gpus, accelerator: str) -> None:
     env = {**FAKE_SLURM, **({"SLURM_GPUS_ON_NODE": gpus} if gpus else {})}
-    args = fit_args(template_srun_args(tmp_path, "Image/configs/x.yaml", env))
+    args = fit_args(template_srun_args(tmp_path, "Image/configs/demo.yaml", env))
     assert args[args.index("--trainer.accelerator") + 1] == accelerator
 
 
@@ -100,7 +100,7 @@ def test_lightning_reads_world_from_slurm(tmp_path: Path, monkeypatch) -> None:
     root = make_image_dataset(tmp_path / "data", classes=2, per_class=1)
     config = tmp_path / "experiment.yaml"
     config.write_text(
-        f"trainer:\n  default_root_dir: {tmp_path / 'run'}\n  logger: false\n"
+        f"entry_point: Image\ntrainer:\n  default_root_dir: {tmp_path / 'run'}\n  logger: false\n"
         f"model:\n  model_name: vit_tiny_patch16_224\n"
         f"  model_kwargs: {{patch_size: 8, embed_dim: 32, depth: 2, num_heads: 2}}\n"
         f"data:\n  root: {root}\n  img_size: 16\n"

@@ -134,7 +134,8 @@ def test_unreadable_video_is_skipped_counted_and_logged(video_root: Path, tmp_pa
     assert str(bad) in caplog.text
     dm.setup("fit")
     train = dm.train_set
-    assert train[6] is None and train.skipped == 1  # training skips it too (the collate drops it)
+    replacement = train[6]  # training replaces it by the next readable video (index 0), so batches keep their size
+    assert replacement is not None and replacement[1] == train.dataset[0][1] and train.skipped == 1
 
 
 def test_unreadable_video_fails_when_asked_to(video_root: Path, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
+import pathway.entry  # noqa: F401  (first: sets the CPU-thread environment before torch loads)
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
@@ -16,8 +18,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     commands.add_parser(
         "export", add_help=False,
-        help="fold the pathway into the weights and write the plain backbone (safetensors, torch.export, ONNX), "
-             "each verified against the checkpoint; see `python -m pathway export --help`",
+        help="fold the pathway into the weights and write the plain backbone (safetensors, torch.export, ONNX, "
+             "timm's config.json), each verified against the checkpoint, into a folder replaced whole; see "
+             "`python -m pathway export --help`",
     )
     _, rest = parser.parse_known_args(argv)
     from pathway.export import main as export_main

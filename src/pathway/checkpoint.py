@@ -13,6 +13,7 @@ import logging
 import os
 import pickle
 import types
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -107,6 +108,74 @@ def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...] =
     return state
 
 
+def is_url(path: Union[PathLike, str]) -> bool:
+    """``scheme://...`` (http, https, s3, ...): this project reads local files only, and downloads nothing."""
+    return "://" in str(path)
+
+
+def refuse_url(path: Union[PathLike, str]) -> None:
+    """Stop before any network access: Lightning would fetch an ``http(s)://`` checkpoint and unpickle it with
+    ``weights_only=False`` (arbitrary code)."""
+    if is_url(path):
+        raise CheckpointError(
+            f"{path}: is a URL; checkpoints are read from local files only (nothing is downloaded, and a remote file "
+            f"would be unpickled). Download it yourself, check it, and pass the local path"
+        )
+
+
+def checkpoint_safe_globals() -> list[Any]:
+    """numpy arrays, scalars and numeric dtypes: the RNG states (``np.random.get_state()``) that Lightning and the
+    resume machinery keep in checkpoints.  Rebuilding them calls no function outside numpy's array constructors,
+    and anything stored inside still goes through the weights-only unpickler."""
+    import numpy as np
+    from numpy._core.multiarray import _reconstruct, scalar
+
+    kinds = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64,
+             np.float16, np.float32, np.float64)
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *(type(np.dtype(kind)) for kind in kinds)]
+
+
+def torch_load(path: PathLike, trust_pickle: bool = False, mmap: bool = False, what: str = "torch checkpoint") -> Any:
+    """``torch.load`` of a local file on the CPU, weights-only unless ``trust_pickle``.
+
+    Weights-only loading still reads everything a training checkpoint holds (tensors, containers, numbers,
+    strings, numpy RNG states) but never imports or calls anything else, so an untrusted file cannot run code.
+    Errors are ``CheckpointError``s naming the file.
+    """
+    refuse_url(path)
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: is empty (0 bytes), not a {what}: a write that never finished?")
+    mmap = mmap and zipfile.is_zipfile(path)  # files from torch < 1.6 are not zip archives and cannot be mapped
+    try:
+        if trust_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_NAMING_PICKLE, mmap=mmap)
+        with torch.serialization.safe_globals(checkpoint_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except _MissingClass as err:
+        raise CheckpointError(
+            f"{path}: is a pickled object that needs the class '{err.qualname}', which cannot be imported here. "
+            f"Put the code that defines it on PYTHONPATH (e.g. the repository the file was trained with), or, where "
+            f"it loads, re-save only the weights: torch.save(torch.load(f, weights_only=False).state_dict(), "
+            f"'weights.pth'), and use that file"
+        ) from err
+    except Exception as err:  # a corrupt/foreign file fails anywhere inside the unpickler (EOFError, KeyError ...)
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        needs = next((line for line in lines if "Unsupported global" in line), None)
+        if isinstance(err, pickle.UnpicklingError) and needs and not trust_pickle:
+            raise CheckpointError(
+                f"{path}: holds pickled Python objects (e.g. a whole nn.Module), which only load with "
+                f"trust_pickle=True (runs pickle: only for files you trust). Detail: {needs}"
+            ) from err
+        detail = next((line for line in lines if line.startswith("Unsupported")), lines[0] if lines else "")
+        raise CheckpointError(
+            f"{path}: not a readable {what} ({path.stat().st_size} bytes; {type(err).__name__}: {detail}): "
+            f"truncated, corrupt, or not written by torch.save"
+        ) from err
+
+
 def load_state_dict(path: PathLike, trust_pickle: bool = False) -> dict[str, Tensor]:
     """Read any supported checkpoint file into a flat ``{name: tensor}`` dict on the CPU, any pathway folded in.
 
@@ -114,6 +183,7 @@ def load_state_dict(path: PathLike, trust_pickle: bool = False) -> dict[str, Ten
     released M2PT checkpoints) runs arbitrary code when unpickled, so the caller has to opt in.  A pathway still
     in the file is folded (``fold_pathway_state_dict``), so every caller gets the function the file computes.
     """
+    refuse_url(path)
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
@@ -125,27 +195,7 @@ def load_state_dict(path: PathLike, trust_pickle: bool = False) -> dict[str, Ten
         except Exception as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from err
         return fold_pathway_state_dict(strip_prefixes(tensors), source=str(path))
-    try:
-        if trust_pickle:
-            obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_NAMING_PICKLE)
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except _MissingClass as err:
-        raise CheckpointError(
-            f"{path}: is a pickled object that needs the class '{err.qualname}', which cannot be imported here. "
-            f"Put the code that defines it on PYTHONPATH (e.g. the repository the file was trained with), or, where "
-            f"it loads, re-save only the weights: torch.save(torch.load(f, weights_only=False).state_dict(), "
-            f"'weights.pth'), and use that file"
-        ) from err
-    except pickle.UnpicklingError as err:
-        if trust_pickle:
-            raise CheckpointError(f"{path}: cannot unpickle ({err})") from err
-        raise CheckpointError(
-            f"{path}: holds pickled Python objects (e.g. a whole nn.Module), which only load with "
-            f"trust_pickle=True (runs pickle: only for files you trust). Detail: {str(err).splitlines()[0]}"
-        ) from err
-    except Exception as err:  # a corrupt/foreign file fails anywhere inside the unpickler (IndexError, KeyError ...)
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(err).__name__}: {err})") from err
+    obj = torch_load(path, trust_pickle=trust_pickle)
     state = _unwrap(obj, path)
     aux_files = None
     if isinstance(obj, Mapping) and "pytorch-lightning_version" in obj:
@@ -266,8 +316,15 @@ def aux_state_dict(
     """
     state = fold_pathway_state_dict(state_dict, source=source)
     prefix = _block_list_prefix(state, main_body_name, source)
-    return {f"{main_body_name}.{k[len(prefix):]}": v for k, v in state.items()
-            if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit()}
+    blocks = {f"{main_body_name}.{k[len(prefix):]}": v for k, v in state.items()
+              if k.startswith(prefix) and k[len(prefix):].split(".", 1)[0].isdigit()}
+    integer = [f"{k} ({v.dtype})" for k, v in blocks.items() if not v.is_floating_point()]
+    if integer:
+        raise CheckpointError(
+            f"{source}: auxiliary weights must be floating-point tensors; {len(integer)} are not: {integer[:5]} "
+            f"(a cast would turn quantised or index data into weights)"
+        )
+    return blocks
 
 
 def _resize_pos_embed(value: Tensor, target: Tensor, num_prefix_tokens: int) -> Tensor:
@@ -297,13 +354,21 @@ def load_weights(
 ) -> tuple[list[str], list[str]]:
     """Load ``state_dict`` into ``model``: position embeddings are interpolated, everything else must fit.
 
-    A shape mismatch is always an error (naming the file, key and both shapes); missing/unexpected keys are an
+    A shape mismatch, or an integer tensor where the model has a floating-point one, is always an error (naming the
+    file, key and both shapes or dtypes); missing/unexpected keys are an
     error under ``strict`` and otherwise logged and returned.  ``ignore`` drops keys that are expected not to fit
     (a new classifier head when fine-tuning on other classes).
     """
     own = model.state_dict()
     state = {k: v for k, v in state_dict.items() if not ignore(k)}
     prefix_tokens = num_prefix_tokens if num_prefix_tokens is not None else getattr(model, "num_prefix_tokens", 1)
+    not_float = [f"{k} ({v.dtype})" for k, v in state.items()
+                 if k in own and own[k].is_floating_point() and not v.is_floating_point()]
+    if not_float:
+        raise CheckpointError(
+            f"{source}: {len(not_float)} weight(s) are not floating-point tensors: {not_float[:10]}; the model's are "
+            f"(a cast would turn quantised or index data into weights)"
+        )
     mismatched = []
     for key, value in state.items():
         if key not in own or tuple(value.shape) == tuple(own[key].shape):

@@ -34,6 +34,22 @@ def _metrics(num_classes: int, multilabel: bool, top_k: int, macro_acc: bool) ->
     return torchmetrics.MetricCollection(metrics)
 
 
+def check_finite_outputs(module: PathwayModule, outputs: Tensor, stage: str) -> None:
+    """Refuse to evaluate or predict on non-finite outputs: metrics of NaN logits are NaN or meaningless and
+    predictions of them arbitrary, yet the run would exit 0.  Names the checkpoint and any non-finite weights."""
+    if not outputs.is_floating_point() or bool(torch.isfinite(outputs).all()):
+        return
+    trainer = module._trainer
+    source = getattr(trainer, "ckpt_path", None) or module.hparams.get("target_ckpt")
+    weights = [k for k, v in module.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    raise FloatingPointError(
+        f"{stage}: {int((~torch.isfinite(outputs)).sum())} of {outputs.numel()} model outputs are non-finite"
+        + (f" (weights from {source})" if source else "")
+        + (f"; non-finite weights: {weights[:5]}{' ...' if len(weights) > 5 else ''}" if weights else
+           "; the weights are finite, so the inputs or the computation overflowed")
+    )
+
+
 class PathwayClassifier(PathwayModule):
     """Single-label (CE) or multi-label (BCE) classification with the pathway.
 
@@ -79,8 +95,6 @@ class PathwayClassifier(PathwayModule):
         return torch.sigmoid(logits.float()) if self.hparams.multilabel else logits.float().softmax(-1)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        if batch is None:  # every sample of the batch was unreadable and skipped
-            return self.skipped_batch_loss()
         x, y = batch[0], batch[1]
         if self.mixup is not None:
             x, y = self.mixup(x, y)
@@ -89,6 +103,7 @@ class PathwayClassifier(PathwayModule):
     def eval_step(self, batch: Any, stage: str) -> None:
         x, y = batch[0], batch[1]
         logits = self(x)
+        check_finite_outputs(self, logits, stage)
         self.log(f"{stage}/loss", self.loss(logits, y), sync_dist=True, batch_size=x.shape[0])
         if len(batch) > 2:
             self._views[stage].append((batch[2].detach(), self.scores(logits).detach(), y.detach()))
@@ -149,4 +164,6 @@ class PathwayClassifier(PathwayModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self.scores(self(x))
+        logits = self(x)
+        check_finite_outputs(self, logits, "predict")
+        return self.scores(logits)

@@ -2,23 +2,33 @@
 
 Bad files.  A reader raises ``BadSampleError`` (naming the file) for a file it cannot use.  ``SkippingDataset``
 turns that into a hard error (``on_bad_file='error'``) or a skip (``'skip'``, ``DEFAULT_ON_BAD_FILE`` in every
-modality: a days-long run should not die on one corrupt file among millions): the item becomes ``None``, the
-collate drops it, the file is logged once (per DDP rank, shared with the DataLoader workers; not again every
-epoch) and counted.  A skip never hides a broken data set:
+modality: a days-long run should not die on one corrupt file among millions): the file is logged once (per DDP
+rank, shared with the DataLoader workers; not again every epoch) and counted.  In training the item is replaced by
+the next readable one of the split, so every batch keeps its size and no rank is ever left without a batch (under
+DDP a rank whose batch were empty would skip a step the others take, and the gradient all-reduce would wait
+forever); in evaluation the item becomes ``None`` and the collate drops it, so no sample is scored twice.  A skip
+never hides a broken data set:
 
 * ``MAX_CONSECUTIVE_BAD`` unreadable samples in a row stop the run at once (a wrong root, an unmounted disk);
 * at the end of every epoch ``BadSampleMonitor`` logs ``data/<split>_skipped`` and stops the run when the epoch
   had no readable sample, or when the unreadable fraction passes ``max_bad_fraction``
   (``DEFAULT_MAX_BAD_FRACTION`` = 5%: a few corrupt files are normal in a large video or audio copy; losing more
   than one in twenty means the copy or the list is wrong, and the results would not be comparable).
+
+Resuming.  The training loader is torchdata's ``StatefulDataLoader``, whose position Lightning saves in checkpoints
+and restores, so a run resumed mid-epoch continues the epoch where it stopped instead of starting its data order
+again.  ``SkippingDataset`` is stateful too: its state is the random state of the process that loads it (each
+DataLoader worker's, captured after each batch), so augmentations resume the interrupted run's random streams.
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -26,8 +36,12 @@ from typing import Any, Literal, Optional, TypeVar, Union
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torch.utils.data._utils.collate import default_collate
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from pathway.random_state import get_random_state, set_random_state
 
 log = logging.getLogger(__name__)
 
@@ -106,9 +120,14 @@ def log_progress(items: Iterable[T], total: int, what: str, every_s: float = 10.
 class SkippingDataset(Dataset):
     """Wraps a dataset whose ``__getitem__`` may raise one of ``read_errors`` on a bad file.
 
-    With ``on_bad_file='skip'`` the item becomes ``None`` (dropped by ``collate_skipping_none``); the file is logged
-    once and counted in counters shared with the DataLoader workers.  ``MAX_CONSECUTIVE_BAD`` failures in a row
-    raise ``BadDataError``.  With ``'error'`` a bad file raises a ``BadSampleError`` naming it.
+    With ``on_bad_file='skip'`` the file is logged once and counted in counters shared with the DataLoader workers,
+    and the item becomes ``None`` (dropped by ``collate_skipping_none``) or, once ``replace_unreadable(split)`` was
+    called (training), the next readable item of the dataset.  ``MAX_CONSECUTIVE_BAD`` failures in a row raise
+    ``BadDataError``.  With ``'error'`` a bad file raises a ``BadSampleError`` naming it.
+
+    ``state_dict``/``load_state_dict`` (torchdata's ``Stateful``) hold the random state of the process that reads
+    the items: a ``StatefulDataLoader`` asks each worker for it after every batch and gives it back to the worker
+    on resume, so random augmentations continue the interrupted run's streams.
 
     Args:
         describe: item index -> the file behind it (for messages).
@@ -133,6 +152,17 @@ class SkippingDataset(Dataset):
         self._counts = multiprocessing.Array("q", 3)  # items fetched, items skipped, skipped in a row
         self._logged = multiprocessing.RawArray("b", max(1, math.ceil(len(self) / items_per_file)))  # per file
         self._epoch_start = (0, 0)
+        self._replacing_in: Optional[str] = None
+
+    def replace_unreadable(self, split: str) -> None:
+        """Replace an unreadable item by the next readable one (``split`` names the data in errors)."""
+        self._replacing_in = split
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"random": get_random_state(include_cuda=False)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_random_state(state["random"])
 
     @property
     def fetched(self) -> int:
@@ -153,22 +183,30 @@ class SkippingDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> Optional[Any]:
-        try:
-            item = self.dataset[index]
-        except self.read_errors as err:
-            if self.on_bad_file == "error":
-                raise BadSampleError(f"{self.describe(index)}: cannot be read ({err})") from err
-            self._skip(index, err)
-            return None
         with self._counts.get_lock():
             self._counts[0] += 1
-            self._counts[2] = 0
-        return item
+        for attempt in range(len(self) if self._replacing_in else 1):
+            candidate = (index + attempt) % len(self)
+            try:
+                item = self.dataset[candidate]
+            except self.read_errors as err:
+                if self.on_bad_file == "error":
+                    raise BadSampleError(f"{self.describe(candidate)}: cannot be read ({err})") from err
+                self._skip(candidate, err, counted=attempt == 0)
+                continue
+            with self._counts.get_lock():
+                self._counts[2] = 0
+            return item
+        if self._replacing_in:
+            raise BadDataError(f"the {self._replacing_in} split had no readable sample: all {len(self)} items "
+                               "unreadable; see the 'skipping unreadable sample' lines above")
+        return None
 
-    def _skip(self, index: int, err: BaseException) -> None:
+    def _skip(self, index: int, err: BaseException, counted: bool) -> None:
+        """``counted``: ``index`` is the sample asked for, not a replacement tried for it (that one is counted when
+        it is asked for itself), so the skipped fraction stays the fraction of unreadable samples."""
         with self._counts.get_lock():
-            self._counts[0] += 1
-            self._counts[1] += 1
+            self._counts[1] += counted
             self._counts[2] += 1
             in_a_row = int(self._counts[2])
         file = index // self.items_per_file
@@ -188,9 +226,25 @@ class SkippingDataset(Dataset):
 
 
 def collate_skipping_none(batch: Sequence[Any]) -> Optional[Any]:
-    """``default_collate`` over the items that loaded; ``None`` when none did (the steps skip such a batch)."""
+    """``default_collate`` over the items that loaded; ``None`` when none did (an evaluation batch of unreadable
+    files, which the eval steps skip; training items are replaced, never ``None``)."""
     items = [item for item in batch if item is not None]
     return default_collate(items) if items else None
+
+
+def init_loader_worker(worker_id: int, rank: int, seed_workers: bool) -> None:
+    """A DataLoader worker leaves SIGTERM and SIGUSR1 to the main process, then seeds itself as Lightning does.
+
+    SLURM signals every process of a job step (the time limit's and a preemption's SIGTERM, ``--signal`` USR1 for the
+    requeue); a worker that such a signal ended would make the main process fail ("DataLoader worker killed by
+    signal") instead of writing its checkpoint.  The main process ends its workers itself, and a worker ends on its
+    own when the main process is gone.  ``seed_workers``: ``seed_everything(workers=True)`` was called, whose
+    ``pl_worker_init_function`` Lightning adds only to a loader without a ``worker_init_fn``.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    if seed_workers:
+        pl_worker_init_function(worker_id, rank)
 
 
 class WeightedDistributedSampler(DistributedSampler):
@@ -258,6 +312,8 @@ class SplitDataModule(L.LightningDataModule):
         for split in STAGE_SPLITS.get(stage or "", ("train", "val", "test")):
             if getattr(self, f"{split}_set") is None:
                 dataset = self.build_split(split)
+                if split == "train" and isinstance(dataset, SkippingDataset):
+                    dataset.replace_unreadable(split)
                 setattr(self, f"{split}_set", dataset)
                 log.info("%s split: %d samples", split, len(dataset))
         trainer = self.trainer
@@ -277,18 +333,32 @@ class SplitDataModule(L.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        """Training reads through a ``StatefulDataLoader``: Lightning checkpoints its position (see the module
+        docstring)."""
         hp = self.hparams
         kwargs: dict[str, Any] = dict(
             batch_size=hp.batch_size, shuffle=train, drop_last=train, num_workers=hp.num_workers,
             pin_memory=hp.pin_memory, persistent_workers=hp.num_workers > 0, collate_fn=collate_skipping_none,
         )
+        world, rank = self._world()
+        kwargs["worker_init_fn"] = functools.partial(
+            init_loader_worker, rank=rank, seed_workers=bool(int(os.environ.get("PL_SEED_WORKERS", 0))))
         sampler = self.train_sampler() if train else None
+        if train and sampler is None and world > 1:
+            # What Lightning would insert, given here so that it does not wrap the loader's own shuffling sampler in a
+            # ``DistributedSamplerWrapper``, whose order comes from a generator no checkpoint holds.
+            sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True,
+                                         seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
         if sampler is not None:
             kwargs.update(sampler=sampler, shuffle=False)
         kwargs.update(self.loader_kwargs(train))
         if train:
             self._check_one_batch(dataset, sampler, kwargs["batch_size"])
-        return DataLoader(dataset, **kwargs)
+            return StatefulDataLoader(dataset, **kwargs)
+        # Starting an evaluation loader's workers draws their seed from this generator, not from the global one the
+        # training steps use: a run resumed at an epoch's end starts its validation workers once more than the run
+        # that was not interrupted, and must not draw differently from it.
+        return DataLoader(dataset, generator=torch.Generator().manual_seed(0), **kwargs)
 
     def _check_one_batch(self, dataset: Dataset, sampler: Optional[Sampler], batch_size: int) -> None:
         world, _ = self._world()
@@ -338,7 +408,8 @@ class BadSampleMonitor(L.Callback):
             return
         fetched, skipped = (int(v) for v in trainer.strategy.reduce(counts, reduce_op="sum").tolist())
         if log_metric:
-            pl_module.log(f"data/{split}_skipped", float(skipped), on_epoch=True, rank_zero_only=True)
+            # Summed over ranks above; sync_dist=True only tells Lightning so (rank_zero_only skips its reduction).
+            pl_module.log(f"data/{split}_skipped", float(skipped), on_epoch=True, rank_zero_only=True, sync_dist=True)
         if not skipped:
             return
         limit = self.datamodule.hparams.max_bad_fraction
