@@ -22,11 +22,13 @@ DataLoader worker's, captured after each batch), so augmentations resume the int
 """
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import logging
 import math
 import multiprocessing
+import multiprocessing.util
 import os
 import signal
 import time
@@ -245,6 +247,20 @@ def init_loader_worker(worker_id: int, rank: int, seed_workers: bool) -> None:
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     if seed_workers:
         pl_worker_init_function(worker_id, rank)
+
+
+def _kill_loader_workers() -> None:
+    """At exit, ``multiprocessing`` ends its daemonic children (DataLoader workers) with SIGTERM and then waits for
+    them, and ours ignore SIGTERM (``init_loader_worker``): a process whose persistent workers were still running at
+    exit would wait forever.  Registered after ``multiprocessing.util``'s own exit hook, this one runs first and ends
+    them with SIGKILL, which for a daemonic child is the same end as the SIGTERM it would otherwise get."""
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join()
+
+
+atexit.register(_kill_loader_workers)
 
 
 class WeightedDistributedSampler(DistributedSampler):
