@@ -51,6 +51,9 @@ def _ddp_worker(rank: int, folder: str, port: int) -> None:
         torch.save({"state": model.state_dict(), "val": val_metrics, "ddp_buffer_numel": buffers.numel,
                     "test": {k: float(v) for k, v in trainer.callback_metrics.items()},
                     "world_size": trainer.world_size}, Path(folder) / "ddp.pt")
+    # A process group still alive at interpreter exit can abort the rank ("terminate called without an active
+    # exception" from gloo's threads, seen once in CI under load): end it as a launcher would.
+    torch.distributed.destroy_process_group()
 
 
 def _free_port() -> int:
