@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pathway.data import log_progress
+from pathway.data import EVERY_RANK, log_progress
 from Point.ops import farthest_point_sample
 from Point.readers import CLOUD_COLUMNS, check_cloud, read_point_file
 
@@ -129,7 +129,7 @@ class FixedSizeCloudSampler:
             if index not in self._padded:
                 self._padded.add(index)
                 log.warning("%s: has %d points, fewer than the %d requested: padding by repeating random points",
-                            self.names[index], n, self.num_points)
+                            self.names[index], n, self.num_points, extra=EVERY_RANK)
             g = generator if generator is not None else torch.Generator().manual_seed(index)
             extra = torch.randint(n, (self.num_points - n,), generator=g)
             rows = torch.cat([torch.arange(n), extra])

@@ -18,7 +18,7 @@ from typing import Literal, Optional, Protocol, Union
 
 import numpy as np
 
-from pathway.data import BadSampleError
+from pathway.data import EVERY_RANK, BadSampleError
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ class PyAVReader:
         except av.FFmpegError as err:
             if not found:
                 raise VideoDecodeError(f"{self.path}: decoding failed ({err})") from err
-            log.warning("%s: decoding stopped early (%s); padding with the last decoded frame", self.path, err)
+            log.warning("%s: decoding stopped early (%s); padding with the last decoded frame", self.path, err,
+                        extra=EVERY_RANK)
         return found
 
     def frames(self, indices: Sequence[int]) -> np.ndarray:

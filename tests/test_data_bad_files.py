@@ -251,3 +251,23 @@ def test_images_without_a_bit_depth_are_refused_naming_the_file(tmp_path: Path) 
     truncated.write_bytes(truncated.read_bytes()[:60])
     with pytest.raises(ImageFileError, match=r"cut\.png: cannot decode image"):
         load_rgb(str(truncated))
+
+
+def test_a_bad_file_read_on_another_rank_is_named_there(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI prints rank 0's lines only; a file that only rank 1 read must still be named, marked with the rank."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from pathway.cli import _RankZero
+    from pathway.data import EVERY_RANK
+
+    def record(extra: Optional[dict]) -> logging.LogRecord:
+        return logging.getLogger("pathway.data").makeRecord("pathway.data", logging.WARNING, __file__, 1,
+                                                             "skipping unreadable sample %s", ("a.png",), None,
+                                                             extra=extra)
+
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    about_a_file, other = record(EVERY_RANK), record(None)
+    assert _RankZero().filter(about_a_file) and about_a_file.rank_prefix == "[rank: 1] "
+    assert not _RankZero().filter(other)
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    assert _RankZero().filter(record(None)) and _RankZero().filter(record(EVERY_RANK))

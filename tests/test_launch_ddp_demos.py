@@ -180,9 +180,13 @@ def test_a_rank_whose_whole_batch_is_unreadable_keeps_in_step(tmp_path: Path) ->
     order = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()  # DistributedSampler
     for index in order[1::2][:2]:  # rank 1's first batch of 2
         files[index].write_bytes(b"not an image")
-    args = augmented_fit_args(tmp_path, root, save_aux(tmp_path / "aux.pt"), "run", epochs=1)
+    # Read in the main processes (no loader workers): the agreement under test does not depend on workers, and a
+    # worker forked from a DDP process can hang in CPython 3.11's after-fork clean-up (a separate, open problem).
+    args = augmented_fit_args(tmp_path, root, save_aux(tmp_path / "aux.pt"), "run", epochs=1, workers=0)
     output = run_watched([sys.executable, "-m", "Image", *args, *DDP, "--data.max_bad_fraction", "0.2"], tmp_path,
                          timeout=180.0)
     assert "train split: 2 of 24 samples unreadable and skipped this epoch" in output  # summed over the ranks
+    for index in order[1::2][:2]:  # read by rank 1 only, and still named
+        assert f"[rank: 1] WARNING pathway.data: skipping unreadable sample {files[index]}" in output
     last = torch.load(find_one(tmp_path / "run", "last.ckpt"), weights_only=True)
     assert last["global_step"] == len(files) // 4  # 24 images / (2 ranks x batch 2): no step skipped

@@ -56,6 +56,10 @@ STAGE_SPLITS: dict[str, tuple[Split, ...]] = {
     "fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",),
 }
 T = TypeVar("T")
+# ``extra=`` of a log record about a file this rank read: the DDP ranks read different files, so such a record is
+# printed on every rank (prefixed with the rank), where the run's other lines are printed on rank 0 only.
+EVERY_RANK_KEY = "every_rank"
+EVERY_RANK = {EVERY_RANK_KEY: True}
 
 
 class BadSampleError(RuntimeError):
@@ -214,7 +218,7 @@ class SkippingDataset(Dataset):
         file = index // self.items_per_file
         if not self._logged[file]:
             self._logged[file] = 1
-            log.warning("skipping unreadable sample %s (%s)", self.describe(index), err)
+            log.warning("skipping unreadable sample %s (%s)", self.describe(index), err, extra=EVERY_RANK)
         if in_a_row >= MAX_CONSECUTIVE_BAD:
             raise BadDataError(
                 f"{in_a_row} unreadable samples in a row (last: {self.describe(index)}: {err}); "
