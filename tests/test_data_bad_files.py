@@ -257,7 +257,7 @@ def test_a_bad_file_read_on_another_rank_is_named_there(monkeypatch: pytest.Monk
     """The CLI prints rank 0's lines only; a file that only rank 1 read must still be named, marked with the rank."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    from pathway.cli import _RankZero
+    from pathway.cli import _RankZeroAndOwnFiles
     from pathway.data import EVERY_RANK
 
     def record(extra: Optional[dict]) -> logging.LogRecord:
@@ -267,7 +267,7 @@ def test_a_bad_file_read_on_another_rank_is_named_there(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(rank_zero_only, "rank", 1)
     about_a_file, other = record(EVERY_RANK), record(None)
-    assert _RankZero().filter(about_a_file) and about_a_file.rank_prefix == "[rank: 1] "
-    assert not _RankZero().filter(other)
+    assert _RankZeroAndOwnFiles().filter(about_a_file) and about_a_file.rank_prefix == "[rank: 1] "
+    assert not _RankZeroAndOwnFiles().filter(other)
     monkeypatch.setattr(rank_zero_only, "rank", 0)
-    assert _RankZero().filter(record(None)) and _RankZero().filter(record(EVERY_RANK))
+    assert _RankZeroAndOwnFiles().filter(record(None)) and _RankZeroAndOwnFiles().filter(record(EVERY_RANK))

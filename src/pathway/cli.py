@@ -20,8 +20,8 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from pathway.callbacks import LambdaMonitor, MergedCheckpoint, PredictionWriter, RunSummary
 from pathway.checkpoint import CheckpointError, is_url
-from pathway.data import EVERY_RANK_KEY
 from pathway.checkpoint_io import AtomicCheckpointIO
+from pathway.data import EVERY_RANK_KEY
 from pathway.module import PathwayModule, read_checkpoint
 from pathway.progress import LineProgressBar
 from pathway.resume import (
@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 FILE_PROGRESS_REFRESH_RATE = 50
 
 
-class _RankZero(logging.Filter):
-    """Rank 0's records, and every rank's records about the files it read (``pathway.data.EVERY_RANK``), marked with the rank as
-    Lightning marks its own per-rank lines: a bad file that only rank 1 read must still be named."""
+class _RankZeroAndOwnFiles(logging.Filter):
+    """Rank 0's records, and every rank's records about the files it read (``pathway.data.EVERY_RANK``), marked with
+    the rank as Lightning marks its own per-rank lines: a bad file that only rank 1 read must still be named."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         rank = rank_zero_only.rank
@@ -51,7 +51,7 @@ class _RankZero(logging.Filter):
 
 def show_project_logs(names: Iterable[str]) -> None:
     """Print the INFO lines of the project's loggers (``pathway`` and the modality packages) on rank 0, and the lines
-    about the files a rank read on every rank (``_RankZero``).
+    about the files a rank read on every rank (``_RankZeroAndOwnFiles``).
 
     They carry what a user checks first in a run's output (effective lr, layers with a pathway, dataset sizes,
     skipped files, the point-ops backend).  Where the program already configured logging (a root handler, e.g.
@@ -64,7 +64,7 @@ def show_project_logs(names: Iterable[str]) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(rank_prefix)s%(levelname)s %(name)s: %(message)s",
                                            defaults={"rank_prefix": ""}))
-    handler.addFilter(_RankZero())
+    handler.addFilter(_RankZeroAndOwnFiles())
     for name in names:
         logger = logging.getLogger(name)
         logger.setLevel(logging.INFO)
